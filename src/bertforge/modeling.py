@@ -1,0 +1,264 @@
+"""THE bertforge encoder: embeddings, attention, feed-forward, the layer stack. Read top to bottom.
+
+One post-LN Transformer encoder (Devlin et al., 2019) serves the whole family. What varies is data in
+``ModelConfig``:
+
+- factorized embeddings (ALBERT, ELECTRA): tokens are embedded at width E and projected to H;
+- positions: learned absolute (BERT/RoBERTa), NEZHA functional relative, RoFormer rotary;
+- cross-layer sharing (ALBERT): a *plan* says which attention and feed-forward module each layer uses;
+  forward never branches on the sharing mode.
+
+Shapes: B batch, L sequence length, H hidden size, E embedding size, h heads, d = H / h head size.
+Attention runs through ``F.scaled_dot_product_attention`` (the fast path) or a plain eager path that
+tests hold equal to it; NEZHA's value-side relative term needs the attention probabilities, so it always
+takes the eager path. q, k and v come from one fused H -> 3H projection (one GEMM instead of three);
+the checkpoint converters split and join it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+from .positions import apply_rotary, nezha_relative_positions, roberta_position_ids, rotary_angles
+
+AttentionImpl = Literal["sdpa", "eager"]
+
+
+def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    return F.gelu(x, approximate="tanh")
+
+
+ACTIVATIONS = {
+    "gelu": F.gelu,  # exact (erf) GELU, as in BERT's released code
+    "gelu_new": _gelu_tanh,  # tanh approximation (GPT-2, ALBERT)
+    "gelu_fast": _gelu_tanh,
+    "gelu_pytorch_tanh": _gelu_tanh,
+    "relu": F.relu,
+    "silu": F.silu,
+    "swish": F.silu,
+}
+
+
+@dataclass
+class EncoderOutput:
+    last_hidden_state: torch.Tensor  # [B, L, H]
+    pooler_output: torch.Tensor | None = None  # [B, H], tanh(W h_[CLS] + b) when the model has a pooler
+    hidden_states: tuple[torch.Tensor, ...] | None = None  # embeddings output + every layer's output
+
+
+class Embeddings(nn.Module):
+    """token + segment + position embeddings at width E, LayerNorm, dropout, then E -> H if E != H."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        c = config
+        e = c.emb_size
+        self.config = c
+        self.word = nn.Embedding(c.vocab_size, e, padding_idx=c.pad_token_id)
+        # Only learned absolute positions have a table; relative/rotary positions act inside attention.
+        self.position = nn.Embedding(c.max_position_embeddings, e) if c.position_type == "absolute" else None
+        self.segment = nn.Embedding(c.type_vocab_size, e) if c.type_vocab_size > 0 else None
+        self.norm = nn.LayerNorm(e, eps=c.layer_norm_eps)
+        self.dropout = nn.Dropout(c.hidden_dropout)
+        self.project = nn.Linear(e, c.hidden_size) if e != c.hidden_size else None
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # [B, L]
+        token_type_ids: torch.Tensor | None = None,  # [B, L]
+        position_ids: torch.Tensor | None = None,  # [B, L]
+    ) -> torch.Tensor:  # [B, L, H]
+        x = self.word(input_ids)
+        if self.position is not None:
+            x = x + self.position(position_ids)
+        if self.segment is not None:
+            if token_type_ids is None:
+                token_type_ids = torch.zeros_like(input_ids)
+            x = x + self.segment(token_type_ids)
+        x = self.dropout(self.norm(x))
+        if self.project is not None:
+            x = self.project(x)
+        return x
+
+
+@dataclass
+class AttentionContext:
+    """Everything attention needs besides its input, computed once per forward for all layers."""
+
+    mask: torch.Tensor | None  # [B, 1, 1 or L, L] bool, True = may attend; None = attend everywhere
+    impl: AttentionImpl = "sdpa"
+    rotary: tuple[torch.Tensor, torch.Tensor] | None = None  # (sin, cos), each [B, 1, L, d]
+    relative: torch.Tensor | None = None  # NEZHA a_ij: [L, L, d]
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention sublayer: fused QKV, attention, output projection, residual, LayerNorm."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        c = config
+        self.num_heads = c.num_heads
+        self.head_dim = c.head_dim
+        self.rotary_value = c.rotary_value
+        self.qkv = nn.Linear(c.hidden_size, 3 * c.hidden_size)  # rows: [W_q; W_k; W_v]
+        self.out = nn.Linear(c.hidden_size, c.hidden_size)
+        self.norm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
+        self.attention_dropout = c.attention_dropout
+        self.dropout = nn.Dropout(c.hidden_dropout)
+
+    def forward(self, x: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:  # [B, L, H] -> [B, L, H]
+        b, n, _ = x.shape
+        # [B, L, 3H] -> [B, L, 3, h, d] -> 3 x [B, h, L, d]
+        q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        if ctx.rotary is not None:
+            sin, cos = ctx.rotary
+            q, k = apply_rotary(q, sin, cos), apply_rotary(k, sin, cos)
+            if self.rotary_value:
+                v = apply_rotary(v, sin, cos)
+        p_drop = self.attention_dropout if self.training else 0.0
+        if ctx.impl == "sdpa" and ctx.relative is None:
+            context = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.mask, dropout_p=p_drop)
+        else:
+            context = self._eager(q, k, v, ctx, p_drop)
+        context = context.transpose(1, 2).reshape(b, n, -1)  # [B, h, L, d] -> [B, L, H]
+        return self.norm(x + self.dropout(self.out(context)))
+
+    def _eager(self, q, k, v, ctx: AttentionContext, p_drop: float) -> torch.Tensor:
+        """softmax(q k^T / sqrt(d) + mask) v, spelled out; NEZHA adds a_ij to keys and to values."""
+        scores = q @ k.transpose(-1, -2)  # [B, h, L, L]
+        if ctx.relative is not None:
+            # NEZHA eq. (3): e_ij = q_i (k_j + a_ij)^T / sqrt(d); a: [L, L, d]
+            scores = scores + torch.einsum("bhid,ijd->bhij", q, ctx.relative.to(q.dtype))
+        scores = scores / math.sqrt(self.head_dim)
+        if ctx.mask is not None:
+            scores = scores.masked_fill(~ctx.mask, torch.finfo(scores.dtype).min)
+        probs = F.dropout(scores.softmax(dim=-1), p=p_drop, training=p_drop > 0)
+        context = probs @ v  # [B, h, L, d]
+        if ctx.relative is not None:
+            # NEZHA eq. (2): z_i = sum_j p_ij (v_j + a_ij)
+            context = context + torch.einsum("bhij,ijd->bhid", probs, ctx.relative.to(probs.dtype))
+        return context
+
+
+class FeedForward(nn.Module):
+    """Position-wise feed-forward sublayer: H -> I -> H, activation, residual, LayerNorm (post-LN)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        c = config
+        self.up = nn.Linear(c.hidden_size, c.intermediate_size)
+        self.down = nn.Linear(c.intermediate_size, c.hidden_size)
+        self.act = ACTIVATIONS[c.hidden_act]
+        self.norm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
+        self.dropout = nn.Dropout(c.hidden_dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x + self.dropout(self.down(self.act(self.up(x)))))
+
+
+def sharing_plan(config: ModelConfig) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Which attention module and which feed-forward module each layer uses (ALBERT, Lan et al. 2020, 3.1).
+
+    Returns (attention_index, ffn_index), one entry per layer. "all" = every layer uses module 0 of
+    both kinds; "attention"/"ffn" share only that sublayer; "none" gives each layer its own.
+    """
+    n = config.num_layers
+    own, shared = tuple(range(n)), (0,) * n
+    share_attention = config.sharing in ("all", "attention")
+    share_ffn = config.sharing in ("all", "ffn")
+    return (shared if share_attention else own, shared if share_ffn else own)
+
+
+class Encoder(nn.Module):
+    """The bare encoder: ids -> contextual vectors (+ the [CLS] pooler when the config has one)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.attention_impl: AttentionImpl = "sdpa"
+        self.embeddings = Embeddings(config)
+        self.attention_index, self.ffn_index = sharing_plan(config)
+        # Distinct modules only: a shared module appears once here, so parameters and saved tensors
+        # are stored once and every layer that uses it sends its gradient to the same storage.
+        self.attentions = nn.ModuleList(SelfAttention(config) for _ in range(max(self.attention_index) + 1))
+        self.ffns = nn.ModuleList(FeedForward(config) for _ in range(max(self.ffn_index) + 1))
+        self.pooler = nn.Linear(config.hidden_size, config.hidden_size) if config.add_pooler else None
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """BERT's initialisation: N(0, 0.02) weights, zero biases, unit LayerNorms, zero padding row."""
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=std)
+            if module.padding_idx is not None:
+                with torch.no_grad():
+                    module.weight[module.padding_idx].zero_()
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    def layer(self, i: int) -> tuple[SelfAttention, FeedForward]:
+        """The two sublayers layer i runs, after sharing."""
+        return self.attentions[self.attention_index[i]], self.ffns[self.ffn_index[i]]
+
+    def attention_context(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, position_ids: torch.Tensor
+    ) -> AttentionContext:
+        c = self.config
+        mask = None
+        if attention_mask is not None:
+            if attention_mask.dim() == 2:  # [B, L] padding mask -> every query sees the same keys
+                mask = attention_mask.bool()[:, None, None, :]
+            elif attention_mask.dim() == 3:  # [B, L, L] per-query mask (packed sequences)
+                mask = attention_mask.bool()[:, None, :, :]
+            else:
+                raise ValueError(f"attention_mask must be [B, L] or [B, L, L], got {tuple(attention_mask.shape)}")
+        ctx = AttentionContext(mask=mask, impl=self.attention_impl)
+        if c.position_type == "rotary":
+            ctx.rotary = rotary_angles(position_ids, c.head_dim)
+        elif c.position_type == "relative":
+            ctx.relative = nezha_relative_positions(input_ids.shape[1], c.head_dim, c.max_relative_position).to(
+                input_ids.device
+            )
+        return ctx
+
+    def default_position_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        if c.position_offset:
+            return roberta_position_ids(input_ids, c.pad_token_id)
+        return torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # [B, L] int64
+        attention_mask: torch.Tensor | None = None,  # [B, L] 1 = real token, 0 = padding; or [B, L, L]
+        token_type_ids: torch.Tensor | None = None,  # [B, L] segment ids
+        position_ids: torch.Tensor | None = None,  # [B, L]; default 0..L-1 (RoBERTa: after the pad offset)
+        output_hidden_states: bool = False,
+    ) -> EncoderOutput:
+        if position_ids is None:
+            position_ids = self.default_position_ids(input_ids)
+        x = self.embeddings(input_ids, token_type_ids, position_ids)
+        ctx = self.attention_context(input_ids, attention_mask, position_ids)
+        hidden_states = [x] if output_hidden_states else None
+        for i in range(self.config.num_layers):
+            attention, ffn = self.layer(i)
+            x = ffn(attention(x, ctx))
+            if hidden_states is not None:
+                hidden_states.append(x)
+        pooled = torch.tanh(self.pooler(x[:, 0])) if self.pooler is not None else None
+        return EncoderOutput(x, pooled, tuple(hidden_states) if hidden_states is not None else None)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
