@@ -112,6 +112,9 @@ class SelfAttention(nn.Module):
         self.norm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
         self.attention_dropout = c.attention_dropout
         self.dropout = nn.Dropout(c.hidden_dropout)
+        # Slot for a bottleneck adapter (Houlsby et al., 2019): applied to the sublayer output before the
+        # residual. Identity (no parameters) unless fine-tuning installs one.
+        self.adapter: nn.Module = nn.Identity()
 
     def forward(self, x: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:  # [B, L, H] -> [B, L, H]
         b, n, _ = x.shape
@@ -128,7 +131,7 @@ class SelfAttention(nn.Module):
         else:
             context = self._eager(q, k, v, ctx, p_drop)
         context = context.transpose(1, 2).reshape(b, n, -1)  # [B, h, L, d] -> [B, L, H]
-        return self.norm(x + self.dropout(self.out(context)))
+        return self.norm(x + self.adapter(self.dropout(self.out(context))))
 
     def _eager(self, q, k, v, ctx: AttentionContext, p_drop: float) -> torch.Tensor:
         """softmax(q k^T / sqrt(d) + mask) v, spelled out; NEZHA adds a_ij to keys and to values."""
@@ -158,9 +161,10 @@ class FeedForward(nn.Module):
         self.act = ACTIVATIONS[c.hidden_act]
         self.norm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
         self.dropout = nn.Dropout(c.hidden_dropout)
+        self.adapter: nn.Module = nn.Identity()  # bottleneck adapter slot, as in SelfAttention
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(x + self.dropout(self.down(self.act(self.up(x)))))
+        return self.norm(x + self.adapter(self.dropout(self.down(self.act(self.up(x))))))
 
 
 def sharing_plan(config: ModelConfig) -> tuple[tuple[int, ...], tuple[int, ...]]:
