@@ -1,0 +1,294 @@
+"""ONNX export, ONNX Runtime inference and int8 dynamic quantization.
+
+- ``export_onnx`` traces any bertforge model that takes (input_ids, attention_mask, token_type_ids) with
+  the TorchScript exporter (``dynamo=False``: the dynamo exporter needs onnxscript and gains nothing for
+  a static encoder graph), with dynamic batch and sequence axes, and records the structure of the
+  model's output (an ``EncoderOutput``, a dict of logits, ...) in the file's metadata;
+- ``OnnxRuntimeModel`` runs the file and rebuilds that structure, so code written for the PyTorch model
+  (pipelines, evaluation) can run the ONNX one unchanged;
+- ``verify_onnx`` holds the two equal (default tolerance 1e-4) on several batch sizes and lengths, with
+  padding, so that a graph that silently baked in the example shape is caught;
+- int8: ``quantize_onnx`` (ONNX Runtime's dynamic quantization: int8 weights, activations quantized
+  per batch at run time) and ``quantize_torch`` (``torch.ao``'s dynamic quantization of nn.Linear).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import importlib
+import inspect
+import json
+import os
+import tempfile
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import BertforgeError
+
+INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+_META_KEY = "bertforge_output_spec"
+
+
+# ---- output structure: flatten for ONNX, rebuild after ---------------------------------------------
+def _describe(out: Any, prefix: str = "") -> tuple[Any, list[tuple[str, torch.Tensor]]]:
+    """(spec, [(name, tensor), ...]) for a model output made of tensors, None, dicts and dataclasses."""
+    if out is None:
+        return None, []
+    if isinstance(out, torch.Tensor):
+        return {"tensor": prefix or "output"}, [(prefix or "output", out)]
+    if dataclasses.is_dataclass(out) or isinstance(out, dict):
+        items = out.items() if isinstance(out, dict) else ((f.name, getattr(out, f.name)) for f in dataclasses.fields(out))
+        specs, tensors = {}, []
+        for key, value in items:
+            spec, flat = _describe(value, f"{prefix}.{key}" if prefix else key)
+            specs[key] = spec
+            tensors += flat
+        if isinstance(out, dict):
+            return {"dict": specs}, tensors
+        cls = type(out)
+        return {"dataclass": f"{cls.__module__}:{cls.__qualname__}", "fields": specs}, tensors
+    raise BertforgeError(f"export: cannot export a model output of type {type(out).__name__}")
+
+
+def _rebuild(spec: Any, values: dict[str, torch.Tensor]) -> Any:
+    if spec is None:
+        return None
+    if "tensor" in spec:
+        return values[spec["tensor"]]
+    if "dict" in spec:
+        return {k: _rebuild(s, values) for k, s in spec["dict"].items()}
+    module, _, qualname = spec["dataclass"].partition(":")
+    if module.split(".")[0] != "bertforge":  # never import arbitrary code named by a file
+        raise BertforgeError(f"ONNX metadata names output class {spec['dataclass']!r}, not a bertforge class")
+    cls: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        cls = getattr(cls, part)
+    return cls(**{k: _rebuild(s, values) for k, s in spec["fields"].items()})
+
+
+def _call(model: nn.Module, inputs: dict[str, torch.Tensor]) -> Any:
+    """Run a model that takes keyword tensors (``Encoder``) or one batch dict (the ``tasks`` models)."""
+    if next(iter(inspect.signature(model.forward).parameters)) == "batch":
+        return model(inputs)
+    return model(**inputs)
+
+
+def _vocab_size(model: nn.Module) -> int:
+    config = getattr(model, "config", None) or getattr(getattr(model, "encoder", None), "config", None)
+    return getattr(config, "vocab_size", 100)
+
+
+class _Flat(nn.Module):
+    """(input_ids, attention_mask, token_type_ids) -> flat tuple of the model's output tensors."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, token_type_ids):
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        return tuple(t for _, t in _describe(_call(self.model, inputs))[1])
+
+
+@contextmanager
+def _repeat_interleave_fix(opset: int) -> Iterator[None]:
+    """Work around a TorchScript-exporter bug hit by rotary positions (``repeat_interleave(2, dim=-1)``).
+
+    torch's symbolic does ``dim += rank`` on the value of the graph's *shared* constant -1, which turns
+    every other -1 in the graph (e.g. the ``reshape(b, n, -1)`` after attention) into that positive dim,
+    so the exported graph fails at run time. Handing it a private copy of the constant keeps the rest
+    of the graph intact.
+    """
+    from torch.onnx import symbolic_helper, symbolic_opset13
+
+    def repeat_interleave(g, self, repeats, dim=None, output_size=None):
+        if not symbolic_helper._is_none(dim):
+            dim = g.op("Constant", value_t=torch.tensor(symbolic_helper._get_const(dim, "i", "dim")))
+        return symbolic_opset13.repeat_interleave(g, self, repeats, dim, output_size)
+
+    torch.onnx.register_custom_op_symbolic("aten::repeat_interleave", repeat_interleave, opset)
+    try:
+        yield
+    finally:
+        torch.onnx.unregister_custom_op_symbolic("aten::repeat_interleave", opset)
+
+
+def _sample_inputs(model: nn.Module, batch: int, length: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random ids above the usual special-token range, with the first row padded after half its length."""
+    vocab = _vocab_size(model)
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(min(5, vocab - 1), vocab, (batch, length), generator=g)
+    mask = torch.ones_like(ids)
+    if batch > 1 and length > 2:
+        mask[0, length // 2 :] = 0
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+
+
+def export_onnx(model: nn.Module, path: str | Path, *, opset: int = 17, sample_length: int = 16) -> Path:
+    """Write ``model`` as ONNX with inputs input_ids / attention_mask / token_type_ids, all [batch, sequence]
+    int64, and one output per tensor of the model's output (named by its field, e.g. "last_hidden_state",
+    "logits"). Batch and sequence axes are dynamic. The file is written atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    was_training = model.training
+    # Wrapper in eval mode too: the exporter restores the mode of the module it was given, recursively.
+    flat = _Flat(model).eval()
+    inputs = _sample_inputs(model, 2, sample_length)
+    with torch.no_grad():
+        spec, named = _describe(_call(model, inputs))
+    output_names = [name for name, _ in named]
+    dynamic_axes: dict[str, dict[int, str]] = {n: {0: "batch", 1: "sequence"} for n in INPUT_NAMES}
+    for name, tensor in named:
+        # Every output is [batch, ...]; those that keep a length axis ([B, L, ...]) have it at 1.
+        axes = {0: "batch"}
+        if tensor.dim() >= 2 and tensor.shape[1] == sample_length:
+            axes[1] = "sequence"
+        dynamic_axes[name] = axes
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        with warnings.catch_warnings(), _repeat_interleave_fix(opset):
+            warnings.simplefilter("ignore")  # tracer warnings about Python ints are expected here
+            torch.onnx.export(
+                flat, tuple(inputs[n] for n in INPUT_NAMES), tmp, input_names=list(INPUT_NAMES),
+                output_names=output_names, dynamic_axes=dynamic_axes, opset_version=opset, dynamo=False,
+            )
+        import onnx
+
+        proto = onnx.load(tmp)
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = _META_KEY, json.dumps(spec)
+        onnx.save(proto, tmp)
+        os.replace(tmp, path)
+    finally:
+        model.train(was_training)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+class OnnxRuntimeModel:
+    """An exported model run by ONNX Runtime, called like the PyTorch model it came from.
+
+    ``model(input_ids, attention_mask=None, token_type_ids=None)`` or ``model(batch_dict)`` takes torch
+    tensors and returns the same structure (``EncoderOutput``, dict of logits, ...) with torch tensors.
+    Inputs the graph does not use (token_type_ids of a model without segments) are dropped, as the
+    exporter dropped them.
+    """
+
+    def __init__(self, path: str | Path, *, num_threads: int | None = None, config: Any = None):
+        import onnxruntime as ort
+
+        path = Path(path)
+        if not path.is_file():
+            raise BertforgeError(f"{path}: no such ONNX file")
+        options = ort.SessionOptions()
+        if num_threads:
+            options.intra_op_num_threads = num_threads
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own untyped errors for unreadable files
+            raise BertforgeError(f"{path}: not a loadable ONNX model ({exc})") from exc
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if _META_KEY not in meta:
+            raise BertforgeError(f"{path}: no {_META_KEY} metadata; was it written by bertforge export?")
+        self.spec = json.loads(meta[_META_KEY])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.config = config
+        self.path = path
+
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, **unused: Any) -> Any:
+        if isinstance(input_ids, dict):  # the tasks models' calling convention: one batch dict
+            batch = input_ids
+            input_ids, attention_mask, token_type_ids = (batch.get(n) for n in INPUT_NAMES)
+        feed = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        if feed["attention_mask"] is None:
+            feed["attention_mask"] = torch.ones_like(input_ids)
+        if feed["token_type_ids"] is None:
+            feed["token_type_ids"] = torch.zeros_like(input_ids)
+        arrays = {n: np.ascontiguousarray(feed[n].cpu().numpy(), dtype=np.int64) for n in self.input_names}
+        outputs = self.session.run(self.output_names, arrays)
+        return _rebuild(self.spec, {n: torch.from_numpy(o) for n, o in zip(self.output_names, outputs)})
+
+    def eval(self) -> "OnnxRuntimeModel":
+        return self
+
+
+def verify_onnx(
+    model: nn.Module,
+    onnx_model: OnnxRuntimeModel | str | Path,
+    *,
+    shapes: tuple[tuple[int, int], ...] = ((1, 1), (1, 7), (3, 19), (4, 64)),
+    atol: float = 1e-4,
+) -> float:
+    """Largest |ONNX - PyTorch| over every output at each (batch, length) in ``shapes``; raises
+    BertforgeError when it exceeds ``atol``. Lengths differ from the export example on purpose."""
+    runner = onnx_model if isinstance(onnx_model, OnnxRuntimeModel) else OnnxRuntimeModel(onnx_model)
+    was_training = model.training
+    model.eval()
+    worst = 0.0
+    try:
+        for i, (batch, length) in enumerate(shapes):
+            inputs = _sample_inputs(model, batch, length, seed=i + 1)
+            with torch.no_grad():
+                _, expected = _describe(_call(model, inputs))
+            _, got = _describe(runner(**inputs))
+            for (name, e), (_, o) in zip(expected, got):
+                diff = (e.float() - o.float()).abs().max().item() if e.numel() else 0.0
+                worst = max(worst, diff)
+                if not diff <= atol:  # also catches NaN
+                    raise BertforgeError(
+                        f"{runner.path}: output {name!r} differs from PyTorch by {diff:.3g} > {atol:g} "
+                        f"at batch {batch}, length {length}"
+                    )
+    finally:
+        model.train(was_training)
+    return worst
+
+
+def quantize_onnx(src: str | Path, dst: str | Path) -> Path:
+    """int8 dynamic quantization with ONNX Runtime: MatMul weights stored as int8 per output channel,
+    activations quantized per batch at run time. The graph is first shape-inferred and optimised
+    (ONNX Runtime's ``quant_pre_process``), which its docs recommend before quantizing. Keeps the
+    output-structure metadata. Written atomically."""
+    import logging
+
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    src, dst = Path(src), Path(dst)
+    spec = {p.key: p.value for p in onnx.load(str(src), load_external_data=False).metadata_props}.get(_META_KEY)
+    with tempfile.TemporaryDirectory(dir=dst.parent, prefix=f".{dst.name}.") as tmp:
+        prepared, quantized = os.path.join(tmp, "prepared.onnx"), os.path.join(tmp, "int8.onnx")
+        quant_pre_process(str(src), prepared)
+        logging.disable(logging.WARNING)  # quantize_dynamic logs a "please pre-process" hint regardless
+        try:
+            quantize_dynamic(prepared, quantized, weight_type=QuantType.QInt8, per_channel=True)
+        finally:
+            logging.disable(logging.NOTSET)
+        proto = onnx.load(quantized)
+        if spec is not None and _META_KEY not in {p.key for p in proto.metadata_props}:
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = _META_KEY, spec
+            onnx.save(proto, quantized)
+        os.replace(quantized, dst)
+    return dst
+
+
+def quantize_torch(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with every nn.Linear replaced by a dynamically quantized int8 one (CPU only).
+    Embeddings and the tied MLM projection (an F.linear on the embedding matrix) stay float."""
+    from torch.ao.quantization import quantize_dynamic
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization announces its move to torchao
+        return quantize_dynamic(copy.deepcopy(model).eval(), {nn.Linear}, dtype=torch.qint8)

@@ -1,0 +1,109 @@
+"""ONNX export: every position type and head matches PyTorch within 1e-4 at new shapes; int8 stays close."""
+
+import onnx
+import pytest
+import torch
+
+from bertforge.config import PRESETS
+from bertforge.errors import BertforgeError
+from bertforge.export import OnnxRuntimeModel, export_onnx, quantize_onnx, quantize_torch, verify_onnx
+from bertforge.heads import PretrainingModel
+from bertforge.modeling import Encoder, EncoderOutput
+from bertforge.tasks import TaskConfig, build_task_model
+
+TINY = PRESETS["test-tiny"]
+
+
+def ids(b=3, n=11, seed=0):
+    return torch.randint(5, 100, (b, n), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        TINY,
+        TINY.replace(position_type="relative"),
+        TINY.replace(position_type="rotary", add_pooler=False),  # needs export's repeat_interleave fix
+        TINY.replace(embedding_size=16, sharing="all"),
+        TINY.replace(type_vocab_size=0, add_pooler=False),  # no segment input at all (DistilBERT)
+        TINY.replace(pad_token_id=1, position_offset=2, max_position_embeddings=80),  # RoBERTa positions
+    ],
+    ids=["bert", "nezha", "roformer", "albert", "distilbert", "roberta"],
+)
+def test_encoder_onnx_matches_pytorch_at_dynamic_shapes(tmp_path, config):
+    torch.manual_seed(0)
+    model = Encoder(config)  # left in train mode on purpose: export and verify must use eval
+    path = export_onnx(model, tmp_path / "model.onnx")
+    assert model.training
+    assert verify_onnx(model, path, atol=1e-4) < 1e-4
+    graph = onnx.load(str(path)).graph
+    dims = [d.dim_param for d in graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", "sequence"]
+    out = OnnxRuntimeModel(path)(ids())
+    assert isinstance(out, EncoderOutput) and out.last_hidden_state.shape == (3, 11, 32)
+    assert (out.pooler_output is None) == (not config.add_pooler)
+
+
+@pytest.mark.parametrize(
+    "task",
+    [
+        TaskConfig("classify", labels=("neg", "pos"), pooling="mean"),
+        TaskConfig("ner", labels=("O", "B-PER", "I-PER"), crf=True),
+        TaskConfig("qa", max_length=256),
+    ],
+    ids=lambda t: t.task,
+)
+def test_task_and_pretraining_heads_export(tmp_path, task):
+    torch.manual_seed(0)
+    model = build_task_model(Encoder(TINY), task)
+    path = export_onnx(model, tmp_path / "task.onnx")
+    assert verify_onnx(model, path) < 1e-4
+    # The batch-dict calling convention of the task models works on the ONNX model too.
+    batch = {"input_ids": ids(), "attention_mask": torch.ones(3, 11, dtype=torch.long)}
+    got, expected = OnnxRuntimeModel(path)(batch), model.eval()(batch)
+    assert got.keys() == expected.keys()
+
+
+def test_pretraining_model_nested_outputs(tmp_path):
+    model = PretrainingModel(TINY, heads=("mlm", "pair"))
+    path = export_onnx(model, tmp_path / "pt.onnx")
+    assert verify_onnx(model, path) < 1e-4
+    out = OnnxRuntimeModel(path)(ids())
+    assert isinstance(out["encoder"], EncoderOutput)
+    assert out["mlm_logits"].shape == (3, 11, 100) and out["pair_logits"].shape == (3, 2)
+
+
+@pytest.mark.slow
+def test_int8_onnx_and_torch_stay_close_to_fp32(tmp_path):
+    torch.manual_seed(0)
+    model = Encoder(PRESETS["bert-tiny"].replace(vocab_size=200)).eval()  # wide enough for int8 to matter
+    fp32 = export_onnx(model, tmp_path / "model.onnx")
+    int8 = quantize_onnx(fp32, tmp_path / "model.int8.onnx")
+    assert int8.stat().st_size < 0.5 * fp32.stat().st_size
+    x = ids(4, 16, seed=3)
+    with torch.no_grad():
+        ref = model(x).last_hidden_state
+        torch_int8 = quantize_torch(model)(x).last_hidden_state
+    onnx_int8 = OnnxRuntimeModel(int8)(x).last_hidden_state
+    for approx in (onnx_int8, torch_int8):
+        cos = torch.nn.functional.cosine_similarity(approx.flatten(0, 1), ref.flatten(0, 1), dim=-1)
+        assert cos.min() > 0.98, cos.min()
+    assert not isinstance(model.attentions[0].qkv, torch.ao.nn.quantized.dynamic.Linear)  # the original is untouched
+
+
+def test_verify_catches_a_mismatch(tmp_path):
+    model = Encoder(TINY)
+    path = export_onnx(model, tmp_path / "model.onnx")
+    with torch.no_grad():
+        model.pooler.bias.add_(1.0)
+    with pytest.raises(BertforgeError, match="pooler_output.*differs from PyTorch"):
+        verify_onnx(model, path)
+
+
+def test_not_an_onnx_file(tmp_path):
+    bad = tmp_path / "model.onnx"
+    bad.write_bytes(b"not onnx")
+    with pytest.raises(BertforgeError, match="not a loadable ONNX model"):
+        OnnxRuntimeModel(bad)
+    with pytest.raises(BertforgeError, match="no such ONNX file"):
+        OnnxRuntimeModel(tmp_path / "missing.onnx")
