@@ -125,6 +125,19 @@ class PretrainingModel(nn.Module):
         """[V, E], the input embedding matrix that token-predicting heads are tied to."""
         return self.encoder.embeddings.word.weight
 
+    @classmethod
+    def from_pretrained(cls, directory, heads: tuple[str, ...] | None = None) -> "PretrainingModel":
+        """Load a local checkpoint directory with its pretraining heads; see bertforge.auto."""
+        from .convert.checkpoint import load_pretrained
+
+        return load_pretrained(directory, "pretraining", heads)
+
+    def save_pretrained(self, directory):
+        """Write config.json + model.safetensors that transformers' ...ForPreTraining / ...ForMaskedLM loads."""
+        from .convert.checkpoint import save_pretrained
+
+        return save_pretrained(self, directory)
+
     def mlm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: [..., H] at the positions to predict -> [..., V]."""
         return self.mlm(hidden, self.embedding_weight)

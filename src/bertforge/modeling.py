@@ -266,3 +266,17 @@ class Encoder(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    # Checkpoint directories: thin delegations; every checkpoint name lives in convert/.
+    @classmethod
+    def from_pretrained(cls, directory) -> "Encoder":
+        """Load a local checkpoint directory (transformers' layout or bertforge's); see bertforge.auto."""
+        from .convert.checkpoint import load_pretrained
+
+        return load_pretrained(directory, "model")
+
+    def save_pretrained(self, directory):
+        """Write config.json + model.safetensors that transformers' AutoModel loads (when it can express the model)."""
+        from .convert.checkpoint import save_pretrained
+
+        return save_pretrained(self, directory)
