@@ -457,7 +457,9 @@ class Tokenizer:
         """sha256 of what decides the encoding: the canonical tokenizer.json (padding and truncation
         left out), plus jieba's version and dictionary for chinese-word."""
         if self._fingerprint is None:
-            h = hashlib.sha256(json.dumps(json.loads(self._json), sort_keys=True, ensure_ascii=False).encode())
+            # Unigram scores are float32 that print differently after a reload: compare them rounded.
+            canonical = json.loads(self._json, parse_float=lambda x: round(float(x), 5))
+            h = hashlib.sha256(json.dumps(canonical, sort_keys=True, ensure_ascii=False).encode())
             if self.kind == "chinese-word":
                 h.update(_jieba_identity().encode())
             self._fingerprint = h.hexdigest()

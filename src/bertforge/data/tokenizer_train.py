@@ -1,0 +1,227 @@
+"""Train a tokenizer of any kind from raw text files, with the `tokenizers` library's trainers.
+
+The pipelines come from `tokenizers.build_pipeline`, so what is trained here is exactly what
+`AutoTokenizer` and transformers later run. The unigram kind uses `tokenizers`' UnigramTrainer (a port of
+SentencePiece's unigram trainer) rather than `sentencepiece` itself: a SentencePiece model would need its
+normalization charsmap carried over into tokenizer.json, and transformers' AlbertTokenizer rebuilds its
+normalizer from tokenizer_config.json anyway.
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import os
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from tokenizers import normalizers, pre_tokenizers, trainers
+from tokenizers.models import BPE, Unigram, WordPiece
+
+from ..errors import BertforgeError
+from .tokenizers import _CJK, KINDS, SPECIAL_TOKENS, Tokenizer, _jieba, build_pipeline, post_processor
+
+# BERT's English vocabulary keeps about a thousand single characters; more would be rare symbols.
+_WORDPIECE_ALPHABET = 1000
+
+
+def resolve_files(paths: Sequence[str | os.PathLike]) -> list[Path]:
+    """Expand directories (every file inside, sorted) and check each file can be read, before any long
+    work starts; a problem names the file."""
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
+            if not found:
+                raise BertforgeError(f"{p}: directory has no files")
+            files += found
+        elif p.exists():
+            files.append(p)
+        else:
+            raise BertforgeError(f"{p}: no such file")
+    if not files:
+        raise BertforgeError("no input files given")
+    for f in files:
+        try:
+            with open(f, "rb") as raw:
+                _open_binary(f, raw).read(1)
+        except (OSError, EOFError) as exc:
+            raise BertforgeError(f"{f}: cannot read ({exc.strerror or exc})") from None
+    return files
+
+
+def _open_binary(path: Path, raw):
+    """Byte stream of a plain, .gz or .bz2 file."""
+    if path.suffix == ".gz":
+        return gzip.GzipFile(fileobj=raw)
+    if path.suffix == ".bz2":
+        return bz2.BZ2File(raw)
+    return raw
+
+
+def iter_lines(files: Sequence[Path], progress: bool = True, desc: str = "reading") -> Iterator[str]:
+    """Non-empty, stripped lines of all files (invalid UTF-8 replaced, never fatal), with a progress bar
+    over the files' on-disk bytes."""
+    from tqdm.auto import tqdm
+
+    done = 0
+    with tqdm(total=sum(f.stat().st_size for f in files), unit="B", unit_scale=True, desc=desc,
+              disable=not progress) as bar:
+        for f in files:
+            with open(f, "rb") as raw:
+                for i, line in enumerate(_open_binary(f, raw)):
+                    text = line.decode("utf-8", errors="replace").strip()
+                    if text:
+                        yield text
+                    if i % 4096 == 0:
+                        bar.update(done + raw.tell() - bar.n)
+            done += f.stat().st_size
+            bar.update(done - bar.n)
+
+
+def train_tokenizer(
+    kind: str,
+    files: Sequence[str | os.PathLike],
+    vocab_size: int,
+    out: str | os.PathLike | None = None,
+    lowercase: bool = False,
+    min_frequency: int = 2,
+    character_coverage: float = 0.9995,
+    progress: bool = True,
+) -> Tokenizer:
+    """Train a ``kind`` tokenizer on ``files`` (plain text, .gz or .bz2; one or more sentences a line)
+    and, if ``out`` is given, save it there. Returns the loaded `Tokenizer`."""
+    if kind not in KINDS:
+        raise BertforgeError(f"--kind {kind!r} is not one of {', '.join(KINDS)}")
+    specials = list(SPECIAL_TOKENS[kind].values())
+    minimum = len(specials) + (256 if kind == "bpe" else 1)  # byte-level BPE starts from all 256 bytes
+    if vocab_size < minimum:
+        raise BertforgeError(f"--vocab-size {vocab_size} is too small for {kind}: at least {minimum} "
+                             f"({len(specials)} special tokens{' + 256 bytes' if kind == 'bpe' else ' + some text'})")
+    if not 0.9 <= character_coverage <= 1.0:
+        raise BertforgeError(f"--character-coverage {character_coverage} must be between 0.9 and 1.0")
+    if min_frequency < 1:
+        raise BertforgeError(f"--min-frequency {min_frequency} must be at least 1")
+    paths = resolve_files(files)
+    if kind == "chinese-word":
+        backend = _train_chinese_word(paths, vocab_size, lowercase, min_frequency, progress)
+    elif kind == "unigram":
+        backend = _train_unigram(paths, vocab_size, lowercase, character_coverage, progress)
+    elif kind == "bpe":
+        backend = _train_bpe(paths, vocab_size, min_frequency, progress)
+    else:
+        backend = _train_wordpiece(kind, paths, vocab_size, lowercase, min_frequency, progress)
+    got = backend.get_vocab_size(with_added_tokens=True)
+    if got > vocab_size:
+        raise BertforgeError(f"--vocab-size {vocab_size} is too small for this text: its characters and the "
+                             f"special tokens alone need {got}; pass --vocab-size {got} or more")
+    if got <= len(specials):
+        raise BertforgeError(f"the input files hold no text to learn from ({', '.join(map(str, paths[:3]))})")
+    tok = Tokenizer(backend, kind, SPECIAL_TOKENS[kind], config=_config(kind, lowercase))
+    if out is not None:
+        tok.save_pretrained(out)
+    return tok
+
+
+def _config(kind: str, lowercase: bool) -> dict:
+    """The tokenizer_config.json keys from which the transformers class rebuilds the same pipeline."""
+    if kind == "bpe":
+        return {}
+    if kind == "unigram":
+        return {"do_lower_case": lowercase, "keep_accents": not lowercase}
+    return {"do_lower_case": lowercase, "strip_accents": None, "tokenize_chinese_chars": True}
+
+
+def _train_bpe(paths: list[Path], vocab_size: int, min_frequency: int, progress: bool):
+    """RoBERTa's byte-level BPE: all 256 bytes are in the alphabet, so nothing is ever unknown."""
+    backend = build_pipeline("bpe", BPE(), lowercase=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=list(SPECIAL_TOKENS["bpe"].values()),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=progress,
+    )
+    backend.train_from_iterator(iter_lines(paths, progress), trainer=trainer)
+    backend.post_processor = post_processor("bpe", backend)
+    return backend
+
+
+def _train_wordpiece(kind: str, paths: list[Path], vocab_size: int, lowercase: bool, min_frequency: int,
+                     progress: bool):
+    """WordPiece for wordpiece and chinese-char. bert-base-chinese keeps every frequent character,
+    English BERT about a thousand. The trainer adds a "##" form of each character seen inside a word on
+    top of the alphabet, so a small vocabulary can overflow: then the alphabet shrinks by the overflow
+    (its rarest characters go) and training runs again."""
+    specials = list(SPECIAL_TOKENS[kind].values())
+    budget = vocab_size - len(specials)
+    alphabet = budget if kind == "chinese-char" else min(_WORDPIECE_ALPHABET, budget)
+    for _ in range(4):
+        backend = build_pipeline(kind, WordPiece(unk_token=SPECIAL_TOKENS[kind]["unk"]), lowercase=lowercase)
+        trainer = trainers.WordPieceTrainer(
+            vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials,
+            limit_alphabet=alphabet, show_progress=progress,
+        )
+        backend.train_from_iterator(iter_lines(paths, progress), trainer=trainer)
+        overflow = backend.get_vocab_size(with_added_tokens=True) - vocab_size
+        if overflow <= 0 or alphabet <= 1:
+            break
+        alphabet = max(1, alphabet - overflow)
+    backend.post_processor = post_processor(kind, backend)
+    return backend
+
+
+def _train_chinese_word(paths: list[Path], vocab_size: int, lowercase: bool, min_frequency: int, progress: bool):
+    """WoBERT (Su, 2020): the character vocabulary of bert-base-chinese plus the most frequent jieba
+    words. Here: half the budget at most goes to words (WoBERT: 20k words on a 21k character vocab); the
+    character WordPiece is trained on the rest, and any room it leaves goes to more words."""
+    jieba = _jieba()
+    norm = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=False, strip_accents=None, lowercase=lowercase)
+    counts: Counter[str] = Counter()
+    for line in iter_lines(paths, progress, desc="jieba words"):
+        counts.update(w for w in jieba.cut(norm.normalize_str(line), HMM=False)
+                      if len(w) > 1 and all(_CJK.match(c) for c in w))
+    words = [w for w, c in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if c >= min_frequency]
+    n_words = min(len(words), vocab_size // 2)
+    chars = _train_wordpiece("chinese-char", paths, vocab_size - n_words, lowercase, min_frequency, progress)
+    vocab = chars.get_vocab(with_added_tokens=True)
+    free = vocab_size - len(vocab)
+    for w in words[:free]:
+        vocab.setdefault(w, len(vocab))
+    return build_pipeline("chinese-word", WordPiece(vocab, unk_token=SPECIAL_TOKENS["chinese-word"]["unk"]),
+                          lowercase=lowercase)
+
+
+def _train_unigram(paths: list[Path], vocab_size: int, lowercase: bool, coverage: float, progress: bool):
+    """ALBERT's unigram vocabulary, trained by SentencePiece itself (ALBERT's own recipe: pad 0, unk 1,
+    [CLS] [SEP] [MASK] as control symbols, no bos/eos), whose character coverage keeps rare CJK
+    characters from crowding out pieces. SentencePiece sees text already normalized by our pipeline and
+    normalizes nothing itself; its pieces and scores then become the `tokenizers` Unigram model, as
+    transformers' AlbertConverter does for the released ALBERT models."""
+    import io
+
+    import sentencepiece as spm
+
+    normalizer = build_pipeline("unigram", Unigram(), lowercase=lowercase).normalizer
+    model = io.BytesIO()
+    specials = SPECIAL_TOKENS["unigram"]
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=(normalizer.normalize_str(line) for line in iter_lines(paths, progress)),
+            model_writer=model, model_type="unigram", vocab_size=vocab_size, hard_vocab_limit=False,
+            character_coverage=coverage, normalization_rule_name="identity",
+            pad_id=0, unk_id=1, bos_id=-1, eos_id=-1, pad_piece=specials["pad"], unk_piece=specials["unk"],
+            control_symbols=[specials["cls"], specials["sep"], specials["mask"]],
+            input_sentence_size=10_000_000, shuffle_input_sentence=True, num_threads=os.cpu_count() or 1,
+            minloglevel=0 if progress else 2,
+        )
+    except RuntimeError as exc:
+        found = re.search(r"smaller than required_chars\. (\d+) vs (\d+)", str(exc))
+        if found:
+            raise BertforgeError(
+                f"--vocab-size {vocab_size} is too small for this text: at --character-coverage {coverage} its "
+                f"{found.group(2)} characters alone need more; raise --vocab-size above {found.group(2)} or lower "
+                "--character-coverage") from None
+        raise BertforgeError(f"unigram training failed: {str(exc).strip().splitlines()[-1]}") from None
+    sp = spm.SentencePieceProcessor(model_proto=model.getvalue())
+    pieces = [(sp.id_to_piece(i), sp.get_score(i)) for i in range(sp.get_piece_size())]
+    return build_pipeline("unigram", Unigram(pieces, unk_id=1, byte_fallback=False), lowercase=lowercase)
