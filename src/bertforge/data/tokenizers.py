@@ -326,9 +326,13 @@ class Tokenizer:
                 add_special_tokens=True, is_split_into_words=False) -> list[Any]:
         with self._lock:
             self._configure(padding, truncation, max_length)
-            return self._backend.encode_batch(
-                inputs, add_special_tokens=add_special_tokens, is_pretokenized=is_split_into_words
-            )
+            try:
+                return self._backend.encode_batch(
+                    inputs, add_special_tokens=add_special_tokens, is_pretokenized=is_split_into_words
+                )
+            except Exception as exc:  # e.g. "Truncation error: Second sequence not provided"
+                raise BertforgeError(f"tokenizer: {exc} (padding={padding!r}, truncation={truncation!r}, "
+                                     f"max_length={max_length!r})") from None
 
     def __call__(
         self,
