@@ -355,6 +355,7 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike) -> Path:
         # transformers writes base models without the prefix and task models with it; so do we.
         prefix = f"{layout.prefixes[0]}." if heads else ""
         tensors = hf.split_qkv(_prefixed("encoder.", hf.encoder_names(config, layout)), state, prefix)
+        tensors.update({prefix + k: v for k, v in hf.fixed_tensors(config).items()})
         for h in heads:
             tensors.update(hf.split_qkv(hf.head_names(layout, h), state))
         data = hf.config_to_hf(config, heads)

@@ -22,6 +22,7 @@ import torch
 from ..config import ModelConfig
 from ..errors import BertforgeError
 from ..modeling import sharing_plan
+from ..positions import rotary_angles
 
 # ---- config.json -----------------------------------------------------------------------------------
 # HF key -> ModelConfig field for the BERT-style configs (bert, roberta, albert, electra, roformer, nezha).
@@ -395,6 +396,19 @@ def head_names(layout: Layout, head: str) -> dict[str, str]:
         else:
             _module(names, f"{head}.{part}", ckpt)
     return names
+
+
+def fixed_tensors(config: ModelConfig) -> dict[str, torch.Tensor]:
+    """Non-trained tables transformers expects in a checkpoint of this type (base-model names).
+
+    RoFormer stores its sinusoid table [max_position_embeddings, d] as a frozen parameter, all sines then
+    all cosines (transformers' RoFormerSinusoidalPositionalEmbedding); bertforge computes the same angles
+    on the fly (positions.rotary_angles), so it writes the table on save and skips it on load.
+    """
+    if config.model_type != "roformer":
+        return {}
+    sin, cos = rotary_angles(torch.arange(config.max_position_embeddings), config.head_dim)  # [1, 1, P, d]
+    return {"encoder.embed_positions.weight": torch.cat([sin[0, 0, :, 0::2], cos[0, 0, :, 0::2]], dim=-1)}
 
 
 def split_qkv(names: dict[str, Name], state: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
