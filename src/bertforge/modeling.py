@@ -280,3 +280,9 @@ class Encoder(nn.Module):
         from .convert.checkpoint import save_pretrained
 
         return save_pretrained(self, directory)
+
+
+def count_parameters(config: ModelConfig) -> int:
+    """Parameters of Encoder(config), counted on the meta device: no memory, instant even for xxlarge."""
+    with torch.device("meta"):
+        return Encoder(config).num_parameters()
