@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -100,7 +101,12 @@ def _read_weight_file(path: Path) -> dict[str, torch.Tensor]:
             tensors = load_file(path)
         else:
             tensors = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # safetensors, pickle and zip each raise their own types
+    except pickle.UnpicklingError:
+        raise BertforgeError(
+            f"{path}: refused: it holds Python objects besides tensors, and bertforge never runs pickled code; "
+            "convert it to model.safetensors"
+        ) from None
+    except Exception as exc:  # safetensors, torch's zip reader and the OS each raise their own types
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BertforgeError(f"{path}: cannot read weights ({first_line}); is the file truncated?") from None
     if not isinstance(tensors, dict) or not all(isinstance(t, torch.Tensor) for t in tensors.values()):
@@ -352,12 +358,19 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike) -> Path:
     why = hf.hf_incompatibility(config, heads)
     if why is None:
         layout = hf.LAYOUTS[config.model_type]
+        names = _prefixed("encoder.", hf.encoder_names(config, layout))
+        head_maps = {h: hf.head_names(layout, h) for h in heads}
+        # e.g. an adapter installed for fine-tuning: transformers has no place for it, so keep bertforge's names
+        extra = sorted(set(state) - set(names) - {k for m in head_maps.values() for k in m})
+        if extra:
+            why = f"{extra[0]} ({len(extra)} tensor(s) with no transformers name)"
+    if why is None:
         # transformers writes base models without the prefix and task models with it; so do we.
         prefix = f"{layout.prefixes[0]}." if heads else ""
-        tensors = hf.split_qkv(_prefixed("encoder.", hf.encoder_names(config, layout)), state, prefix)
+        tensors = hf.split_qkv(names, state, prefix)
         tensors.update({prefix + k: v for k, v in hf.fixed_tensors(config).items()})
         for h in heads:
-            tensors.update(hf.split_qkv(hf.head_names(layout, h), state))
+            tensors.update(hf.split_qkv(head_maps[h], state))
         data = hf.config_to_hf(config, heads)
     else:
         log.warning(f"{d}: transformers cannot express {why}; saved in bertforge's own layout, "
