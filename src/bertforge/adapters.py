@@ -146,13 +146,13 @@ def save_adapter(path: str | Path, adapters: AdapterSet, head: nn.Module | None 
 def load_adapter(path: str | Path, encoder: Encoder, head: nn.Module | None = None) -> tuple[AdapterSet, dict]:
     """Read an adapter file for ``encoder`` (not installed yet) and fill ``head`` from it when given.
     -> (adapter set, meta)."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (OSError, ValueError) as exc:
+    except (OSError, SafetensorError) as exc:
         raise BertforgeError(f"{path}: cannot read adapter file ({exc})") from None
     if "bottleneck" not in header:
         raise BertforgeError(f"{path}: not a bertforge adapter file (no 'bottleneck' in its metadata)")

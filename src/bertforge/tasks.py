@@ -244,6 +244,10 @@ class TaskModel(nn.Module):
             if name not in ("encoder", "mix"):
                 module.apply(self.encoder._init_weights)
 
+    def head_modules(self) -> nn.ModuleDict:
+        """Everything the task adds to the encoder (classifier, CRF, scalar mix), as one module."""
+        return nn.ModuleDict({name: m for name, m in self.named_children() if name != "encoder"})
+
     def train(self, mode: bool = True) -> "TaskModel":
         super().train(mode)
         if self.task.frozen:
