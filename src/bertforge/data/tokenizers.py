@@ -115,10 +115,13 @@ def build_pipeline(kind: str, model: Any, lowercase: bool, strip_accents: bool |
         )
         tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         tok.decoder = decoders.WordPiece(prefix="##")
-    # Specials are "added tokens": matched in raw text before normalization, never split.
+    # Specials are "added tokens": matched in raw text before normalization, never split. An untrained
+    # model gets all of them (ids 0-4, the trainers keep them there); a loaded vocabulary only marks
+    # those it has, so a missing one is reported rather than silently appended.
+    vocab = tok.get_vocab(with_added_tokens=False)
     tok.add_special_tokens(
         [AddedToken(specials[r], special=True, normalized=False, lstrip=(kind == "bpe" and r == "mask"))
-         for r in sorted(_ROLES, key=list(specials).index)]
+         for r in sorted(_ROLES, key=list(specials).index) if not vocab or specials[r] in vocab]
     )
     cls, sep = specials["cls"], specials["sep"]
     if tok.token_to_id(cls) is not None and tok.token_to_id(sep) is not None:
