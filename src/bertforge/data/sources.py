@@ -184,7 +184,7 @@ def sniff_binary(head: bytes) -> str | None:
     nul = head.count(0) / len(head)
     controls = sum(b < 32 and b not in _TEXT_CONTROLS for b in head) / len(head)
     undecodable = head.decode("utf-8", "replace")[:-1].count("\ufffd") / len(head)  # the last char may be cut
-    if nul > 0.05 or controls > 0.3:
+    if nul > 0.3 or controls > 0.3:  # UTF-16, executables, arrays; text with stray NULs stays text
         return f"binary data ({nul:.0%} NUL bytes, {controls:.0%} control bytes in the first {len(head)} bytes)"
     if undecodable > 0.3:
         return f"binary data ({undecodable:.0%} of the first {len(head)} bytes are not UTF-8)"
