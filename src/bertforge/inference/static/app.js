@@ -47,7 +47,8 @@ function markSpans(text, spans, className) {
   for (const span of [...spans].sort((a, b) => a.start - b.start)) {
     if (span.start < at) continue; // overlapping spans: keep the first
     box.append(document.createTextNode(text.slice(at, span.start)));
-    const mark = el("mark", className, text.slice(span.start, span.end));
+    const mark = el("mark", className);
+    mark.append(el("span", "span-text", text.slice(span.start, span.end)));
     if (span.label) mark.append(el("span", "tag", span.label));
     mark.title = span.title || "";
     box.append(mark);
