@@ -189,17 +189,21 @@ def write_checkpoint(root: Path, step: int, model: nn.Module, optimizer_state: d
     tmp = root / f".tmp-{checkpoint_name(step)}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    weights = {k: v.contiguous().cpu() for k, v in model_state(model).items()}
-    blobs = {
-        "model.safetensors": save_safetensors(weights, metadata={"format": "pt", "step": str(step)}),
-        "optimizer.pt": _torch_bytes(optimizer_state),
-        "state.pt": _torch_bytes(state),
-    }
-    files = {name: _write_synced(tmp / name, data) for name, data in blobs.items()}
-    manifest = {"format": FORMAT, "step": step, **meta, "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "files": files}
-    _write_synced(tmp / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())
-    _fsync_dir(tmp)
+    try:
+        weights = {k: v.contiguous().cpu() for k, v in model_state(model).items()}
+        blobs = {
+            "model.safetensors": save_safetensors(weights, metadata={"format": "pt", "step": str(step)}),
+            "optimizer.pt": _torch_bytes(optimizer_state),
+            "state.pt": _torch_bytes(state),
+        }
+        files = {name: _write_synced(tmp / name, data) for name, data in blobs.items()}
+        manifest = {"format": FORMAT, "step": step, **meta, "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "files": files}
+        _write_synced(tmp / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())
+        _fsync_dir(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # free the space of a write that failed (disk full, Ctrl-C)
+        raise
     if final.exists():  # an older, invalid checkpoint of the same step (its valid twin is never rewritten)
         shutil.rmtree(final)
     os.rename(tmp, final)

@@ -381,7 +381,7 @@ class Trainer:
             return {}
         result = {k: v / totals[0] for k, v in zip(keys, totals[1:])}
         if self.dist.is_main:
-            self.log.write({**result, "kind": "eval", "step": self.step, "tokens": self.tokens,
+            self.log.write({"kind": "eval", "step": self.step, "tokens": self.tokens, **result,
                             "elapsed": round(self.elapsed, 3)})
         return result
 
@@ -485,7 +485,7 @@ class Trainer:
         means = {k: v / n for k, v in window.items()}
         speed = tokens / seconds if seconds > 0 else 0.0
         if self.dist.is_main:
-            self.log.write({**means, "kind": "train", "step": self.step, "tokens": self.tokens, "lr": lr,
+            self.log.write({"kind": "train", "step": self.step, "tokens": self.tokens, "lr": lr, **means,
                             "tokens_per_s": round(speed, 1), "elapsed": round(self.elapsed, 3)})
             if bar is not None:
                 bar.set_postfix(loss=f"{means['loss']:.4f}", lr=f"{lr:.2e}", tok_s=f"{speed:,.0f}", refresh=False)
