@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import gzip
 import json
+import pickle
 import re
 import unicodedata
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -270,7 +272,8 @@ def test_call_shapes_and_helpers(trained):
     assert single.input_ids == single["input_ids"]
     batch = tok(["hello", "hello there friend"], padding="max_length", max_length=10, return_tensors="pt")
     assert batch["input_ids"].shape == (2, 10) and batch["input_ids"].dtype == torch.long
-    assert batch["attention_mask"].sum(1).tolist() == [len(tok(t)["input_ids"]) for t in ("hello", "hello there friend")]
+    lengths = [len(tok(t)["input_ids"]) for t in ("hello", "hello there friend")]
+    assert batch["attention_mask"].sum(1).tolist() == lengths
     cut = tok("one two three four five six seven", truncation=True, max_length=5)
     assert len(cut["input_ids"]) == 5 and cut["input_ids"][-1] == tok.sep_token_id
     assert tok.encode("hello") == tok("hello")["input_ids"]
@@ -338,3 +341,23 @@ def test_cli_train_and_encode(corpus, tmp_path, capsys):
     assert main(["tokenizer", "train", "--kind", "bpe", "--vocab-size", "800", "--quiet", "--out", str(out),
                  str(tmp_path / "nope.txt")]) == 2
     assert "nope.txt: no such file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["wordpiece", pytest.param("chinese-word", marks=pytest.mark.slow)])
+def test_pickles_for_worker_processes(kind, trained):
+    tok = AutoTokenizer.from_pretrained(trained(kind))
+    again = pickle.loads(pickle.dumps(tok))
+    text = "我喜欢吃哈尔滨正宗烤冷面 and the kids were playing"
+    assert again.fingerprint == tok.fingerprint
+    assert again.encode_with_word_starts(text) == tok.encode_with_word_starts(text)
+
+
+def test_concurrent_calls_with_different_settings(trained):
+    """Padding and truncation are backend state; a lock keeps threads from mixing them."""
+    tok = AutoTokenizer.from_pretrained(trained("wordpiece"))
+    texts = rotten_tomatoes(16)
+    settings = [dict(padding=True), dict(truncation=True, max_length=8), dict(padding="max_length", max_length=64)]
+    expected = [tok(texts, **kw)["input_ids"] for kw in settings]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda i: tok(texts, **settings[i % 3])["input_ids"], range(60)))
+    assert all(r == expected[i % 3] for i, r in enumerate(results))

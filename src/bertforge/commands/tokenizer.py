@@ -61,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
             min_frequency=args.min_frequency, character_coverage=args.character_coverage, progress=not args.quiet,
         )
         note = "" if tok.vocab_size == args.vocab_size else f" (the text gave no more than {tok.vocab_size})"
-        print(f"wrote {args.kind} tokenizer to {args.out}: {tok.vocab_size} tokens{note}, fingerprint {tok.fingerprint[:16]}")
+        print(f"wrote {args.kind} tokenizer to {args.out}: {tok.vocab_size} tokens{note}, "
+              f"fingerprint {tok.fingerprint[:16]}")
         return 0
 
     from ..data.tokenizers import AutoTokenizer
@@ -71,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
     for text in args.texts:
         ids, starts = tok.encode_with_word_starts(text)
         # A word is a start token and the tokens that continue it; "|" separates words.
-        shown = " ".join(("| " if s and i else "") + t for i, (t, s) in enumerate(zip(tok.convert_ids_to_tokens(ids), starts)))
+        tokens = tok.convert_ids_to_tokens(ids)
+        shown = " ".join(("| " if start and i else "") + t for i, (t, start) in enumerate(zip(tokens, starts)))
         print(f"\n{text}\n  tokens: {shown}\n  ids:    {ids}")
     return 0

@@ -1,10 +1,9 @@
-"""Train a tokenizer of any kind from raw text files, with the `tokenizers` library's trainers.
+"""Train a tokenizer of any kind from raw text files.
 
 The pipelines come from `tokenizers.build_pipeline`, so what is trained here is exactly what
-`AutoTokenizer` and transformers later run. The unigram kind uses `tokenizers`' UnigramTrainer (a port of
-SentencePiece's unigram trainer) rather than `sentencepiece` itself: a SentencePiece model would need its
-normalization charsmap carried over into tokenizer.json, and transformers' AlbertTokenizer rebuilds its
-normalizer from tokenizer_config.json anyway.
+`AutoTokenizer` and transformers later run. WordPiece and byte-level BPE use the `tokenizers` trainers;
+the unigram kind uses `sentencepiece` itself, as ALBERT did (its character coverage matters on CJK text),
+and hands its pieces and scores to a `tokenizers` Unigram model.
 """
 
 from __future__ import annotations
@@ -175,7 +174,9 @@ def _train_chinese_word(paths: list[Path], vocab_size: int, lowercase: bool, min
     words. Here: half the budget at most goes to words (WoBERT: 20k words on a 21k character vocab); the
     character WordPiece is trained on the rest, and any room it leaves goes to more words."""
     jieba = _jieba()
-    norm = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=False, strip_accents=None, lowercase=lowercase)
+    norm = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=False, strip_accents=None, lowercase=lowercase
+    )
     counts: Counter[str] = Counter()
     for line in iter_lines(paths, progress, desc="jieba words"):
         counts.update(w for w in jieba.cut(norm.normalize_str(line), HMM=False)

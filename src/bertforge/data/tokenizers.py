@@ -31,9 +31,11 @@ import threading
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from tokenizers import AddedToken, NormalizedString, PreTokenizedString, decoders, normalizers, pre_tokenizers, processors
+from tokenizers import (
+    AddedToken, NormalizedString, PreTokenizedString, decoders, normalizers, pre_tokenizers, processors,
+)
 from tokenizers import Tokenizer as Backend
-from tokenizers.models import BPE, Unigram, WordPiece
+from tokenizers.models import BPE, WordPiece
 
 from ..errors import BertforgeError
 
@@ -63,12 +65,12 @@ _CJK = re.compile(
     "\U0002b740-\U0002b81f\U0002b820-\U0002ceaf\U0002f800-\U0002fa1f]"
 )
 # ALBERT's create_pretraining_data._is_start_piece: these pieces start a word even without "▁".
-_ALBERT_START_PIECES = frozenset('!"#$%&"()*+,-./:;?@[\\]^_`{|}~')
+_ALBERT_START_PIECES = frozenset('!"#$%&()*+,-./:;?@[\\]^_`{|}~')
 
 
 def _gpt2_byte_chars() -> dict[str, int]:
     """GPT-2's printable stand-in for each byte (ByteLevel pre-tokenizer): char -> byte value."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     chars, extra = {}, 0
     for b in range(256):
         if b in keep:
@@ -79,8 +81,9 @@ def _gpt2_byte_chars() -> dict[str, int]:
     return chars
 
 
-# Byte-level tokens that begin with a whitespace byte (Ġ space, Ċ newline, ĉ tab, ...).
-_BYTE_SPACE_CHARS = frozenset(c for c, b in _gpt2_byte_chars().items() if chr(b).isspace())
+# Byte-level tokens that begin with an ASCII whitespace byte (Ġ space, Ċ newline, ĉ tab, ...); bytes
+# 0x85 and 0xA0 are only UTF-8 continuation bytes here, not spaces.
+_BYTE_SPACE_CHARS = frozenset(c for c, b in _gpt2_byte_chars().items() if b < 128 and chr(b).isspace())
 
 
 # ---- pipelines, exactly as transformers' classes build them ----------------------------------------
@@ -247,6 +250,7 @@ class Tokenizer:
                     f"tokenizer: the {role} token {token!r} is not in the vocabulary "
                     f"(set {role}_token in tokenizer_config.json)"
                 )
+        self._special_ids = frozenset(self._vocab[self.special_tokens[r]] for r in _ROLES)
         if kind == "chinese-word":
             backend.pre_tokenizer = pre_tokenizers.PreTokenizer.custom(JiebaPreTokenizer(self._vocab))
         self._lock = threading.Lock()  # padding/truncation are backend state; calls may come from threads
@@ -258,6 +262,11 @@ class Tokenizer:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike) -> "Tokenizer":
         return _load(Path(path))
+
+    def __reduce__(self):
+        """Pickle (e.g. to worker processes) as the serializable form; the jieba pre-tokenizer and the
+        lock are rebuilt on the other side."""
+        return _from_state, (self._json, self.kind, self.special_tokens, self.model_max_length, self.config)
 
     # -- vocabulary ------------------------------------------------------------------------------------
     @property
@@ -310,7 +319,9 @@ class Tokenizer:
         if settings == self._settings:
             return
         if truncation not in (False, None, True, "longest_first", "only_first", "only_second", "do_not_truncate"):
-            raise BertforgeError(f"truncation={truncation!r}: expected True, False, 'longest_first', 'only_first' or 'only_second'")
+            raise BertforgeError(
+                f"truncation={truncation!r}: expected True, False, 'longest_first', 'only_first' or 'only_second'"
+            )
         if padding not in (False, None, True, "longest", "max_length", "do_not_pad"):
             raise BertforgeError(f"padding={padding!r}: expected True, False, 'longest' or 'max_length'")
         if truncation in (False, None, "do_not_truncate"):
@@ -429,7 +440,7 @@ class Tokenizer:
         ]
 
     def _word_starts(self, text: str, enc: Any, words: Sequence[str] | None) -> list[bool]:
-        specials = set(self.all_special_ids)
+        specials = self._special_ids
         seg: set[int] | None = None  # character offsets where a Chinese word starts
         starts: list[bool] = []
         prev_char, prev_cjk = -1, False
@@ -488,7 +499,8 @@ class Tokenizer:
             _write_atomic(out / "merges.txt", "#version: 0.2\n" + "".join(f"{m}\n" for m in merges))
         _write_atomic(out / "special_tokens_map.json", json.dumps(self._special_tokens_map(), indent=2) + "\n")
         _write_atomic(out / "tokenizer.json", self._json)
-        _write_atomic(out / "tokenizer_config.json", json.dumps(self._tokenizer_config(), indent=2, ensure_ascii=False) + "\n")
+        config = json.dumps(self._tokenizer_config(), indent=2, ensure_ascii=False)
+        _write_atomic(out / "tokenizer_config.json", config + "\n")
         return out
 
     def _special_tokens_map(self) -> dict[str, str]:
@@ -551,7 +563,7 @@ def _token_str(value: Any) -> str | None:
 
 
 def _infer_kind(backend: Backend, cfg: dict[str, Any]) -> str:
-    if cfg.get("tokenizer_class", "").removesuffix("Fast") == "RoFormerTokenizer":
+    if (cfg.get("tokenizer_class") or "").removesuffix("Fast") == "RoFormerTokenizer":
         return "chinese-word"
     model = type(backend.model).__name__
     if model == "BPE":
@@ -584,10 +596,10 @@ def _load(path: Path) -> Tokenizer:
     elif (path / "vocab.txt").exists():
         # A vocab.txt-only BERT directory (e.g. bert-base-chinese): BertTokenizer's pipeline and defaults.
         vocab = _read_vocab_txt(path / "vocab.txt")
-        kind = "chinese-word" if cfg.get("tokenizer_class", "").startswith("RoFormer") else "wordpiece"
+        word_level = (cfg.get("tokenizer_class") or "").startswith("RoFormer")  # WoBERT / RoFormer-Chinese
         unk = _token_str(cfg.get("unk_token", special_map.get("unk_token"))) or "[UNK]"
         backend = build_pipeline(
-            kind, WordPiece(vocab, unk_token=unk), lowercase=lowercase,
+            "chinese-word" if word_level else "wordpiece", WordPiece(vocab, unk_token=unk), lowercase=lowercase,
             strip_accents=cfg.get("strip_accents"), handle_chinese_chars=cfg.get("tokenize_chinese_chars", True),
         )
     elif (path / "vocab.json").exists() and (path / "merges.txt").exists():
@@ -602,7 +614,9 @@ def _load(path: Path) -> Tokenizer:
         )
     kind = cfg.get("bertforge_kind") or _infer_kind(backend, cfg)
     if kind not in KINDS:
-        raise BertforgeError(f"{path / 'tokenizer_config.json'}: bertforge_kind={kind!r} is not one of {', '.join(KINDS)}")
+        raise BertforgeError(
+            f"{path / 'tokenizer_config.json'}: bertforge_kind={kind!r} is not one of {', '.join(KINDS)}"
+        )
     family = SPECIAL_TOKENS[kind]
     specials = {}
     for role in _ROLES:
@@ -615,6 +629,10 @@ def _load(path: Path) -> Tokenizer:
     if not isinstance(max_len, int) or max_len > 1_000_000:  # transformers writes 1e30 for "no limit"
         max_len = 512
     return Tokenizer(backend, kind, specials, model_max_length=max_len, config=extra)
+
+
+def _from_state(json_str: str, kind: str, special_tokens: dict, model_max_length: int, config: dict) -> Tokenizer:
+    return Tokenizer(Backend.from_str(json_str), kind, special_tokens, model_max_length, config)
 
 
 def _read_vocab_txt(path: Path) -> dict[str, int]:
