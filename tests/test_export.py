@@ -1,5 +1,7 @@
 """ONNX export: every position type and head matches PyTorch within 1e-4 at new shapes; int8 stays close."""
 
+import json
+
 import onnx
 import pytest
 import torch
@@ -107,3 +109,22 @@ def test_not_an_onnx_file(tmp_path):
         OnnxRuntimeModel(bad)
     with pytest.raises(BertforgeError, match="no such ONNX file"):
         OnnxRuntimeModel(tmp_path / "missing.onnx")
+
+
+@pytest.mark.slow
+def test_export_command_writes_verified_fp32_and_int8(tmp_path, capsys):
+    from bertforge.cli import main
+
+    torch.manual_seed(0)
+    source = tmp_path / "model"
+    PretrainingModel(PRESETS["bert-tiny"].replace(vocab_size=200), heads=("mlm",)).save_pretrained(source)
+    (source / "vocab.txt").write_text("[PAD]\n")  # stands in for the tokenizer files that travel along
+    out = tmp_path / "exported"
+    assert main(["export", str(source), "-o", str(out), "--quantize", "int8"]) == 0
+    assert (out / "vocab.txt").exists() and (out / "config.json").exists()
+    report = json.loads((out / "export.json").read_text())
+    assert report["model.onnx"]["max_abs_diff_vs_pytorch"] < 1e-4
+    assert report["model.int8.onnx"]["mean_cosine_vs_fp32"] > 0.98
+    assert "logits" in OnnxRuntimeModel(out / "model.onnx").output_names[-1]
+    assert "max |ONNX - PyTorch|" in capsys.readouterr().out
+    assert main(["export", str(tmp_path / "missing"), "-o", str(out)]) == 2

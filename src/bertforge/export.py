@@ -85,6 +85,11 @@ def _vocab_size(model: nn.Module) -> int:
     return getattr(config, "vocab_size", 100)
 
 
+def output_tensors(out: Any) -> list[tuple[str, torch.Tensor]]:
+    """A model output's tensors in export order, named as the ONNX outputs are ("encoder.last_hidden_state")."""
+    return _describe(out)[1]
+
+
 class _Flat(nn.Module):
     """(input_ids, attention_mask, token_type_ids) -> flat tuple of the model's output tensors."""
 
@@ -120,7 +125,7 @@ def _repeat_interleave_fix(opset: int) -> Iterator[None]:
         torch.onnx.unregister_custom_op_symbolic("aten::repeat_interleave", opset)
 
 
-def _sample_inputs(model: nn.Module, batch: int, length: int, seed: int = 0) -> dict[str, torch.Tensor]:
+def sample_inputs(model: nn.Module, batch: int, length: int, seed: int = 0) -> dict[str, torch.Tensor]:
     """Random ids above the usual special-token range, with the first row padded after half its length."""
     vocab = _vocab_size(model)
     g = torch.Generator().manual_seed(seed)
@@ -140,7 +145,7 @@ def export_onnx(model: nn.Module, path: str | Path, *, opset: int = 17, sample_l
     was_training = model.training
     # Wrapper in eval mode too: the exporter restores the mode of the module it was given, recursively.
     flat = _Flat(model).eval()
-    inputs = _sample_inputs(model, 2, sample_length)
+    inputs = sample_inputs(model, 2, sample_length)
     with torch.no_grad():
         spec, named = _describe(_call(model, inputs))
     output_names = [name for name, _ in named]
@@ -151,8 +156,7 @@ def export_onnx(model: nn.Module, path: str | Path, *, opset: int = 17, sample_l
         if tensor.dim() >= 2 and tensor.shape[1] == sample_length:
             axes[1] = "sequence"
         dynamic_axes[name] = axes
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = str(path.with_name(f".{path.name}.{os.getpid()}.tmp"))
     try:
         with warnings.catch_warnings(), _repeat_interleave_fix(opset):
             warnings.simplefilter("ignore")  # tracer warnings about Python ints are expected here
@@ -237,7 +241,7 @@ def verify_onnx(
     worst = 0.0
     try:
         for i, (batch, length) in enumerate(shapes):
-            inputs = _sample_inputs(model, batch, length, seed=i + 1)
+            inputs = sample_inputs(model, batch, length, seed=i + 1)
             with torch.no_grad():
                 _, expected = _describe(_call(model, inputs))
             _, got = _describe(runner(**inputs))
