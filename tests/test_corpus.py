@@ -21,7 +21,10 @@ WORDS = ("the quick brown fox jumps over lazy dog playing played running house g
 def english_docs(n: int, seed: int = 0) -> list[list[str]]:
     """n documents of 1-4 lines, each of 1-3 sentences."""
     rng = random.Random(seed)
-    sentence = lambda: " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 9))).capitalize() + rng.choice(".!?")  # noqa: E731
+
+    def sentence() -> str:
+        return " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 9))).capitalize() + rng.choice(".!?")
+
     return [[" ".join(sentence() for _ in range(rng.randint(1, 3))) for _ in range(rng.randint(1, 4))]
             for _ in range(n)]
 
@@ -167,7 +170,8 @@ def test_stats_and_cli(tmp_path, wordpiece, corpus, capsys):
     assert cli(["corpus", "stats", str(out)]) == 0
     text = capsys.readouterr().out
     assert text == format_stats(stats) + "\n"
-    for needle in ("documents      60", "unknown tokens", "sentence length in tokens", "document length", "build report"):
+    for needle in ("documents      60", "unknown tokens", "sentence length in tokens", "document length",
+                   "build report"):
         assert needle in text
     assert cli(["corpus", "stats", str(out), "--json", "--verify"]) == 0
     assert json.loads(capsys.readouterr().out)["tokens"] == store.num_tokens

@@ -33,14 +33,14 @@ def test_english_sentences_keep_abbreviations_initials_and_decimals():
 
 def test_chinese_sentences_take_closing_quotes_along():
     text = "他说：“你好！”我们走吧。真的？？好……那就这样（完）。English too. 结束"
-    assert split_sentences(text) == ["他说：“你好！”", "我们走吧。", "真的？？", "好……", "那就这样（完）。",
-                                     "English too.", "结束"]
+    assert split_sentences(text) == ["他说：“你好！”", "我们走吧。", "真的？？", "好……",
+                                     "那就这样（完）。", "English too.", "结束"]
 
 
 def test_gold_word_sentences():
     words = ("他", "说", "：", "“", "好", "！", "”", "我们", "走", "。", "！", "再见")
-    assert split_word_sentences(words) == [("他", "说", "：", "“", "好", "！", "”"), ("我们", "走", "。", "！"),
-                                           ("再见",)]
+    assert split_word_sentences(words) == [("他", "说", "：", "“", "好", "！", "”"),
+                                           ("我们", "走", "。", "！"), ("再见",)]
 
 
 # --- formats --------------------------------------------------------------------------------------------
@@ -245,3 +245,15 @@ def test_missing_package_says_what_to_install(monkeypatch):
     with pytest.raises(BertforgeError, match="known sources: peoples-daily"):
         named_source("enwiki")
 
+
+
+def test_peoples_daily_format_for_user_files(tmp_path):
+    f = tmp_path / "pku.txt"
+    f.write_text("北京/ns  举行/v  音乐会/n\n今晚/t  的/u  演出/vn  很/d  好/a  。/w\n"
+                 "（/w  新华社/nt  摄/Vg  ）/w\n新/a  标题/n\n正文/n  。/w\n", encoding="utf-8")
+    got, _, src = pieces(f, fmt="peoples-daily")
+    assert [(p.text, p.new_doc) for p in got] == [("北京举行音乐会", True), ("今晚的演出很好。", False),
+                                                  ("（新华社摄）", False), ("新标题", True), ("正文。", False)]
+    assert got[1].words == ("今晚", "的", "演出", "很", "好", "。") and src.documents == 2
+    with pytest.raises(BertforgeError, match="format 'pdf' is not one of"):
+        resolve_inputs([str(f)], fmt="pdf")

@@ -38,6 +38,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     b.add_argument("--document-per", choices=("line", "block"), default="line",
                    help="text files: one document per line, or per blank-line separated block (default line)")
     b.add_argument("--text-field", default="text", help="the text field of .jsonl records (default text)")
+    b.add_argument("--format", choices=("auto", "text", "jsonl", "peoples-daily"), default="auto",
+                   help="input format: auto (.jsonl/.ndjson names are jsonl, the rest text), or force one; "
+                        "peoples-daily = PKU word/POS format, its words kept as gold word boundaries")
     b.add_argument("--validation-fraction", type=float, default=0.01,
                    help="fraction of documents held out for validation (default 0.01)")
     b.add_argument("--seed", type=int, default=0, help="seed of the train/validation split (default 0)")
@@ -68,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, _terminate)
         start = time.perf_counter()
         store = build_corpus(args.out, args.tokenizer, args.inputs, sources=args.source, workers=args.workers,
-                             document_per=args.document_per, text_field=args.text_field,
+                             document_per=args.document_per, text_field=args.text_field, input_format=args.format,
                              validation_fraction=args.validation_fraction, seed=args.seed,
                              overwrite=args.overwrite, progress=not args.quiet)
         seconds = time.perf_counter() - start

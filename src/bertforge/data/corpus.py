@@ -158,6 +158,7 @@ def build_corpus(
     workers: int = 2,
     document_per: str = "line",
     text_field: str = "text",
+    input_format: str = "auto",
     validation_fraction: float = 0.01,
     seed: int = 0,
     overwrite: bool = False,
@@ -167,7 +168,8 @@ def build_corpus(
 
     ``tokenizer``: a tokenizer directory (preferred: workers load it themselves) or a tokenizer object
     (pickled to the workers). ``workers=0`` tokenizes in this process. ``document_per``: "line" or
-    "block" (blank-line separated) for text files. Returns the opened store; what the readers met
+    "block" (blank-line separated) for text files. ``input_format``: "auto" (by file name), "text", "jsonl"
+    or "peoples-daily" (PKU word/tag format). Returns the opened store; what the readers met
     (skipped files, repaired bytes, empty documents) is its ``manifest["build_report"]``.
     Every input problem that can be found up front (missing file, unknown source, existing output)
     raises before any long work starts."""
@@ -179,7 +181,7 @@ def build_corpus(
     if workers < 0:
         raise BertforgeError(f"workers={workers}: expected 0 (tokenize in this process) or more")
     srcs: list[Source] = [named_source(s) for s in sources]
-    srcs += resolve_inputs([str(p) for p in inputs], document_per, text_field)
+    srcs += resolve_inputs([str(p) for p in inputs], document_per, text_field, input_format)
     if not srcs:
         raise BertforgeError("no input: give files, directories or globs, or --source NAME")
     _check_output(out, overwrite)
@@ -223,7 +225,8 @@ def build_corpus(
                        "input_bytes": sum(s.size for s in srcs)},
             "split": {"seed": seed, "validation_fraction": validation_fraction,
                       "train_docs": int((split == 0).sum()), "validation_docs": int((split == 1).sum())},
-            "options": {"document_per": document_per, "text_field": text_field, "max_piece_bytes": MAX_PIECE_BYTES,
+            "options": {"document_per": document_per, "text_field": text_field, "input_format": input_format,
+                        "max_piece_bytes": MAX_PIECE_BYTES,
                         "chunk_chars": CHUNK_CHARS},
             "sources": [s.describe() for s in srcs],
             "build_report": report.to_dict(),
@@ -536,7 +539,8 @@ def format_stats(stats: dict[str, Any], width: int = 40) -> str:
     t, sp = stats["tokenizer"], stats["split"]
     lines = [
         f"corpus store   {stats['path']}",
-        f"tokenizer      {t['kind']}, vocab {t['vocab_size']:,}, fingerprint {t['fingerprint'][:12]} ({stats['dtype']} ids)",
+        f"tokenizer      {t['kind']}, vocab {t['vocab_size']:,}, fingerprint {t['fingerprint'][:12]} "
+        f"({stats['dtype']} ids)",
         f"documents      {stats['documents']:,}  (train {sp['train_docs']:,} / validation {sp['validation_docs']:,}, "
         f"seed {sp['seed']})",
         f"sentences      {stats['sentences']:,}",
