@@ -193,8 +193,10 @@ PRESETS: dict[str, ModelConfig] = {
     "albert-large": _ALBERT.replace(hidden_size=1024, num_layers=24, num_heads=16, intermediate_size=4096),
     "albert-xlarge": _ALBERT.replace(hidden_size=2048, num_layers=24, num_heads=16, intermediate_size=8192),
     "albert-xxlarge": _ALBERT.replace(hidden_size=4096, num_layers=12, num_heads=64, intermediate_size=16384),
+    # The released small generator is as wide as its discriminator (google/electra-small-generator's config.json:
+    # H=256, 4 heads, FFN 1024; its model card warns it is not the paper's 1/4-width generator).
     "electra-small-generator": _ELECTRA.replace(
-        embedding_size=128, hidden_size=64, num_heads=1, intermediate_size=256, head_act="gelu",
+        embedding_size=128, hidden_size=256, num_heads=4, intermediate_size=1024, head_act="gelu",
     ),
     "electra-small-discriminator": _ELECTRA.replace(
         embedding_size=128, hidden_size=256, num_heads=4, intermediate_size=1024,
