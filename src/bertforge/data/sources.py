@@ -573,8 +573,9 @@ def _rotten_tomatoes(lines) -> Iterator[Piece]:
 
 def _wiki_sample(lines) -> Iterator[Piece]:
     """English Wikipedia articles from gensim's test dump, markup stripped with gensim's ``filter_wiki``.
-    Redirects are dropped; so are headings and the table/caption fragments filter_wiki leaves behind:
-    a kept paragraph ends in sentence punctuation or has at least ten words."""
+    Redirects are dropped; so are headings, list items (mostly references and links) and the
+    table/caption fragments filter_wiki leaves behind: a kept paragraph is prose that ends in
+    sentence punctuation or has at least ten words."""
     from gensim.corpora.wikicorpus import extract_pages, filter_wiki
 
     class _Lines(io.RawIOBase):  # extract_pages wants a binary file; feed it the checked, decoded lines
@@ -600,7 +601,8 @@ def _wiki_sample(lines) -> Iterator[Piece]:
             continue
         text = filter_wiki(markup).replace("'''", "").replace("''", "")  # bold/italic quotes filter_wiki keeps
         paragraphs = [p for p in _paragraphs(text)
-                      if not p.startswith("=") and (p[-1] in ".!?:\"”" or len(p.split()) >= 10)]
+                      if not p.startswith(("=", "*", "#", "|", "!", ";", ":"))
+                      and (p[-1] in ".!?:\"”" or len(p.split()) >= 10)]
         for i, p in enumerate(paragraphs):
             yield Piece(p, None, i == 0)
 
