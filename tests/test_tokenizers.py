@@ -324,6 +324,8 @@ def test_training_errors_name_the_problem(corpus, tmp_path):
         train_tokenizer("wordpiece", [tmp_path / "empty.txt"], 1000, progress=False)
     with pytest.raises(BertforgeError, match="not one of"):
         train_tokenizer("sentencepiece", [en], 1000, progress=False)
+    with pytest.raises(BertforgeError, match="exists and is not a directory"):
+        train_tokenizer("wordpiece", [en], 1000, out=en, progress=False)
 
 
 def test_small_wordpiece_vocab_fits_exactly(corpus, tmp_path):

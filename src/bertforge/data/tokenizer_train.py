@@ -104,6 +104,8 @@ def train_tokenizer(
     if min_frequency < 1:
         raise BertforgeError(f"--min-frequency {min_frequency} must be at least 1")
     paths = resolve_files(files)
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise BertforgeError(f"{out}: exists and is not a directory")
     if kind == "chinese-word":
         backend = _train_chinese_word(paths, vocab_size, lowercase, min_frequency, progress)
     elif kind == "unigram":

@@ -487,6 +487,8 @@ class Tokenizer:
         """Write tokenizer.json, tokenizer_config.json, special_tokens_map.json and the vocabulary files
         of the transformers class (vocab.txt; vocab.json + merges.txt for BPE), each atomically."""
         out = Path(path)
+        if out.exists() and not out.is_dir():
+            raise BertforgeError(f"{out}: exists and is not a directory")
         out.mkdir(parents=True, exist_ok=True)
         tj = json.loads(self._json)
         model = tj["model"]
