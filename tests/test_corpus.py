@@ -237,3 +237,12 @@ def test_output_and_argument_errors_come_before_work(tmp_path, wordpiece, corpus
     with pytest.raises(BertforgeError, match="no input"):
         build(tmp_path, wordpiece, [], "x")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["precious", "store"]  # no temp dirs left behind
+
+
+@pytest.mark.slow
+def test_a_loaded_tokenizer_object_works_with_workers(tmp_path, wordpiece, corpus):
+    f, _ = corpus
+    by_dir = build(tmp_path, wordpiece, [f], "by_dir")
+    by_object = build(tmp_path, AutoTokenizer.from_pretrained(wordpiece), [f], "by_object", workers=1)
+    assert files_of(by_dir.path) == files_of(by_object.path)
+    assert by_object.manifest["counts"]["characters"] == sum(map(len, f.read_text().split("\n")))

@@ -19,6 +19,7 @@ enter any file: the same input and tokenizer give a byte-identical store.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -166,8 +167,8 @@ def build_corpus(
 ) -> CorpusStore:
     """Tokenize ``inputs`` (files, directories, globs) and the named ``sources`` into a store at ``out_dir``.
 
-    ``tokenizer``: a tokenizer directory (preferred: workers load it themselves) or a tokenizer object
-    (pickled to the workers). ``workers=0`` tokenizes in this process. ``document_per``: "line" or
+    ``tokenizer``: a tokenizer directory or a loaded tokenizer (saved to a temporary directory for the
+    workers to load). ``workers=0`` tokenizes in this process. ``document_per``: "line" or
     "block" (blank-line separated) for text files. ``input_format``: "auto" (by file name), "text", "jsonl"
     or "peoples-daily" (PKU word/tag format). Returns the opened store; what the readers met
     (skipped files, repaired bytes, empty documents) is its ``manifest["build_report"]``.
@@ -198,8 +199,9 @@ def build_corpus(
     try:
         writer = _Writer(tmp, dtype, vocab_size, specials["unk"])
         chunks = _chunks(srcs, report)
-        for result, flags, raw_pos in _encode_in_order(chunks, tokenizer if workers else tok, workers):
+        for result, flags, raw_pos, chars in _encode_in_order(chunks, tokenizer, tok, workers):
             writer.add(result, flags)
+            writer.characters += chars
             bar.update(raw_pos - bar.n)
             bar.set_postfix(tokens=f"{writer.num_tokens:,}", refresh=False)
         bar.update(bar.total - bar.n)
@@ -339,33 +341,46 @@ def encode_pieces(tok: Any, pieces: Sequence[Piece]) -> tuple[np.ndarray, np.nda
     return ids, starts, lengths[keep], sents_per_piece
 
 
-def _encode_in_order(chunks: Iterator[tuple[list[Piece], int]], tokenizer: Any, workers: int):
-    """Yield (encoded chunk, new-document flags, raw bytes read) in input order.
+def _encode_in_order(chunks: Iterator[tuple[list[Piece], int]], tokenizer: Any, tok: Any, workers: int):
+    """Yield (encoded chunk, new-document flags, raw bytes read, characters) in input order.
+    ``tokenizer`` is what the user passed (a directory or an object), ``tok`` the loaded tokenizer.
 
     Unlike Pool.imap, whose feeder thread drains the whole input iterator into memory, this keeps at
     most 2 * workers + 2 chunks in flight: reading waits for tokenizing, so memory is bounded."""
+
+    def meta(pieces: list[Piece]) -> tuple[list[bool], int]:
+        return [p.new_doc for p in pieces], sum(len(p.text) for p in pieces)
+
     if workers == 0:
         for pieces, pos in chunks:
-            yield encode_pieces(tokenizer, pieces), [p.new_doc for p in pieces], pos
+            flags, chars = meta(pieces)
+            yield encode_pieces(tok, pieces), flags, pos, chars
         return
     import multiprocessing
+    import tempfile
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
-    # spawn, not fork: the parent holds a Rust tokenizer (its thread pool must not be forked) and a
-    # progress-bar thread; spawn behaves the same on every platform.
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_init_worker, initargs=(tokenizer,)) as pool:
+    with contextlib.ExitStack() as stack:
+        tok_dir = tokenizer
+        if not isinstance(tokenizer, (str, os.PathLike)):  # a loaded tokenizer: workers load a saved copy
+            tok_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="bertforge-tokenizer-"))
+            tok.save_pretrained(tok_dir)
+        # spawn, not fork: the parent holds a Rust tokenizer (its thread pool must not be forked) and a
+        # progress-bar thread; spawn behaves the same on every platform.
+        pool = stack.enter_context(ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                                       initializer=_init_worker, initargs=(str(tok_dir),)))
         pending: deque = deque()
         try:
             for pieces, pos in chunks:
-                pending.append((pool.submit(_encode_in_worker, pieces), [p.new_doc for p in pieces], pos))
+                flags, chars = meta(pieces)
+                pending.append((pool.submit(_encode_in_worker, pieces), flags, pos, chars))
                 if len(pending) >= 2 * workers + 2:
-                    fut, flags, p = pending.popleft()
-                    yield fut.result(), flags, p
+                    fut, *rest = pending.popleft()
+                    yield fut.result(), *rest
             while pending:
-                fut, flags, p = pending.popleft()
-                yield fut.result(), flags, p
+                fut, *rest = pending.popleft()
+                yield fut.result(), *rest
         except BrokenProcessPool:
             raise BertforgeError(
                 "a corpus worker process died (killed, out of memory, or a script that calls build_corpus "
