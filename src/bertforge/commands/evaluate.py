@@ -1,0 +1,50 @@
+"""bertforge evaluate: score a fine-tuned model on labelled data."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "score a fine-tuned model: accuracy/macro-F1, entity P/R/F1 (seqeval), QA EM/F1"
+DESCRIPTION = """Evaluate a fine-tuned directory (bertforge finetune's OUT/best) on labelled data in the formats
+finetune reads, or on a named dataset (default split: test). Prints the metrics as JSON:
+classification accuracy and macro-F1; NER entity-level precision, recall and F1 (seqeval, per type
+too); QA exact match and F1 (Chinese: CMRC 2018 rules, character F1 after removing punctuation and
+spaces, max over the reference answers). Gold labels the model never saw in training are an error.
+
+Example:
+  bertforge evaluate --model runs/msra/best --data msra-ner:test
+  bertforge evaluate --model runs/cmrc/best --data ../shared/data/cmrc2018/cmrc2018_dev.json --predictions p.jsonl
+"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="fine-tuned model directory")
+    p.add_argument("--data", required=True, help="a file or NAME[:split] (default split: test)")
+    p.add_argument("--base", help="base model directory of an adapter model, if it moved")
+    p.add_argument("--limit", type=int, help="score only the first N examples")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--predictions", help="also write one JSON prediction per line to this file")
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    import os
+    from pathlib import Path
+
+    from ..finetune.evaluate import evaluate
+    from ..finetune.run import say
+    from ..finetune.store import load_task_model
+    from ..taskdata import load
+
+    model, tok = load_task_model(args.model, args.base)
+    data = load(args.data, model.task.task, "test", args.limit)
+    metrics, predictions, skips = evaluate(model, tok, data, args.batch_size, progress="evaluate")
+    for line in data.skips.lines() + skips.lines():
+        say(f"{args.data}: {line}")
+    if args.predictions:
+        path = Path(args.predictions)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions), encoding="utf-8")
+        os.replace(tmp, path)
+    print(json.dumps(metrics, ensure_ascii=False))
+    return 0

@@ -1,0 +1,307 @@
+"""Inference pipelines: text in, JSON-ready results out, in transformers' pipeline formats.
+
+    from bertforge.inference.pipelines import pipeline
+    ner = pipeline("token-classification", "runs/msra/best")
+    ner("张三住在北京")   # [{"entity_group": "PER", "score": 0.98, "word": "张三", "start": 0, "end": 2}, ...]
+
+A pipeline takes one input (-> one result) or a list (-> a list of results, in order); the server calls
+``pipe(list_of_inputs, **options)``. Results, per input:
+
+    fill-mask            [{"score", "token", "token_str", "sequence"}, ...] top_k candidates, best first;
+                         consecutive masks are one word (write one mask per character of a Chinese word
+                         for whole-word-masking models): "token" is then the list of ids; a text with
+                         several separate masks gets one such list per mask
+    feature-extraction   [float] * H: the mean of the token vectors ("mean") or the [CLS] vector ("cls")
+    text-classification  [{"label", "score"}, ...] best first (top_k=None: every label); the input is a
+                         text or {"text", "text_pair"}
+    token-classification [{"entity_group", "score", "word", "start", "end"}, ...]: character offsets into
+                         the original text (text[start:end] == word); long texts are tagged in pieces
+    question-answering   {"answer", "score", "start", "end"} (top_k > 1: a list): offsets into the context
+
+Task pipelines load a fine-tuned directory (finetune/store.py); fill-mask needs a checkpoint with a
+masked-LM head, feature extraction any checkpoint. Empty texts and inputs of the wrong shape raise
+BertforgeError naming the input.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import BertforgeError
+from ..finetune.encode import collate, encode_qa, encode_words, split_words, word_chunks
+from ..finetune.store import is_task_directory, load_task_model
+from ..taskdata import QAExample, Skips
+from ..tasks import best_spans, decode_answers, entities
+
+log = logging.getLogger("bertforge")
+_CJK_GAP = re.compile(r"(?<=[\u3400-\u9fff\uf900-\ufaff]) (?=[\u3400-\u9fff\uf900-\ufaff])")
+
+TASKS = ("fill-mask", "feature-extraction", "text-classification", "token-classification", "question-answering")
+# task.json task -> the pipeline that serves it
+_FOR_TASK = {"classify": "text-classification", "pair": "text-classification", "ner": "token-classification",
+             "qa": "question-answering"}
+
+
+def _check_texts(texts: list, what: str = "input") -> None:
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise BertforgeError(f"{what} {i}: expected a string, got {type(t).__name__}")
+        if not t.strip():
+            raise BertforgeError(f"{what} {i} is empty; nothing to run the model on")
+
+
+class Pipeline:
+    task: str
+
+    def __init__(self, batch_size: int = 32):
+        self.batch_size = batch_size
+
+    def __call__(self, inputs: Any, **options) -> Any:
+        single = not isinstance(inputs, list)
+        items = [inputs] if single else inputs
+        results = []
+        for i in range(0, len(items), self.batch_size):
+            results += self._run(items[i:i + self.batch_size], **options)
+        return results[0] if single else results
+
+    def _run(self, items: list, **options) -> list:
+        raise NotImplementedError
+
+
+class FillMask(Pipeline):
+    task = "fill-mask"
+
+    def __init__(self, model, tok, batch_size: int = 32):
+        super().__init__(batch_size)
+        self.model, self.tok = model.eval(), tok
+        self.max_length = model.config.max_position_embeddings - model.config.position_offset
+
+    @torch.no_grad()
+    def _run(self, texts: list[str], top_k: int = 5) -> list:
+        _check_texts(texts)
+        tok, mask_id = self.tok, self.tok.mask_token_id
+        enc = tok(texts, return_offsets_mapping=True)
+        for i, ids in enumerate(enc["input_ids"]):
+            if mask_id not in ids:
+                raise BertforgeError(f"input {i} has no {tok.mask_token}; put one where a word should be predicted")
+            if len(ids) > self.max_length:
+                raise BertforgeError(f"input {i} has {len(ids)} tokens; this model reads at most {self.max_length}")
+        features = [{"input_ids": ids, "token_type_ids": t} for ids, t in zip(enc["input_ids"], enc["token_type_ids"])]
+        batch = collate(features, tok.pad_token_id)
+        out = self.model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+        probs = out["mlm_logits"].float().softmax(-1)  # [B, L, V]
+        results = []
+        for b, (ids, offsets) in enumerate(zip(enc["input_ids"], enc["offset_mapping"])):
+            groups = _runs([i for i, t in enumerate(ids) if t == mask_id])
+            per_group = [self._fill(texts[b], offsets, probs[b], g, top_k) for g in groups]
+            results.append(per_group[0] if len(per_group) == 1 else per_group)
+        return results
+
+    def _fill(self, text: str, offsets, probs: torch.Tensor, positions: list[int], top_k: int) -> list[dict]:
+        """Top-k fillings of consecutive mask positions, scored by the product of their probabilities
+        (the MLM predicts each position independently; a beam of width top_k over the positions)."""
+        beams: list[tuple[list[int], float]] = [([], 1.0)]
+        specials = set(self.tok.all_special_ids)
+        for pos in positions:
+            p = probs[pos].clone()
+            p[list(specials)] = 0.0
+            top = torch.topk(p, top_k)
+            beams = sorted(((ids + [t], s * q) for ids, s in beams for q, t in zip(top.values.tolist(), top.indices.tolist())),
+                           key=lambda x: -x[1])[:top_k]
+        start, end = offsets[positions[0]][0], offsets[positions[-1]][1]
+        out = []
+        for ids, score in beams:
+            word = _CJK_GAP.sub("", self.tok.decode(ids)).strip()
+            out.append({"score": score, "token": ids[0] if len(ids) == 1 else ids, "token_str": word,
+                        "sequence": text[:start] + word + text[end:]})
+        return out
+
+
+def _runs(positions: list[int]) -> list[list[int]]:
+    """[3, 4, 7] -> [[3, 4], [7]]: consecutive positions form one word."""
+    groups: list[list[int]] = []
+    for p in positions:
+        if groups and groups[-1][-1] == p - 1:
+            groups[-1].append(p)
+        else:
+            groups.append([p])
+    return groups
+
+
+class FeatureExtraction(Pipeline):
+    task = "feature-extraction"
+
+    def __init__(self, encoder, tok, pooling: str = "mean", normalize: bool = False, batch_size: int = 32):
+        super().__init__(batch_size)
+        if pooling not in ("mean", "cls"):
+            raise BertforgeError(f"pooling={pooling!r}: expected 'mean' or 'cls'")
+        self.encoder, self.tok, self.pooling, self.normalize = encoder.eval(), tok, pooling, normalize
+        self.max_length = encoder.config.max_position_embeddings - encoder.config.position_offset
+
+    @torch.no_grad()
+    def _run(self, texts: list[str]) -> list[list[float]]:
+        from ..features import mean_pool
+
+        _check_texts(texts)
+        batch = self.tok(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        hidden = self.encoder(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]).last_hidden_state
+        vectors = mean_pool(hidden, batch["attention_mask"]) if self.pooling == "mean" else hidden[:, 0]
+        if self.normalize:
+            vectors = torch.nn.functional.normalize(vectors, dim=-1)
+        return vectors.tolist()
+
+
+class TextClassification(Pipeline):
+    task = "text-classification"
+
+    def __init__(self, model, tok, batch_size: int = 32):
+        super().__init__(batch_size)
+        self.model, self.tok = model.eval(), tok
+
+    @torch.no_grad()
+    def _run(self, items: list, top_k: int | None = None) -> list:
+        texts, pairs = [], []
+        for i, item in enumerate(items):
+            if isinstance(item, dict):
+                if set(item) - {"text", "text_pair"} or "text" not in item:
+                    raise BertforgeError(f"input {i}: expected a string or {{'text', 'text_pair'}}, got keys {sorted(item)}")
+                texts.append(item["text"])
+                pairs.append(item.get("text_pair"))
+            else:
+                texts.append(item)
+                pairs.append(None)
+        _check_texts(texts)
+        if self.model.task.task == "pair" and any(p is None for p in pairs):
+            raise BertforgeError("this model classifies text pairs: pass {'text': ..., 'text_pair': ...}")
+        if any(p is not None for p in pairs):
+            _check_texts(pairs, "text_pair of input")
+        max_length = self.model.task.max_length
+        enc = self.tok(texts, pairs if pairs[0] is not None else None, truncation=True, max_length=max_length)
+        cut = sum(bool(e.overflowing) for e in enc.encodings)
+        if cut:
+            log.warning(f"{cut} of {len(texts)} inputs were longer than {max_length} tokens and were truncated")
+        features = [{"input_ids": a, "token_type_ids": b} for a, b in zip(enc["input_ids"], enc["token_type_ids"])]
+        probs = self.model(collate(features, self.tok.pad_token_id))["logits"].float().softmax(-1)
+        labels = self.model.task.labels
+        results = []
+        for row in probs.tolist():
+            ranked = sorted(zip(labels, row), key=lambda x: -x[1])[: top_k or len(labels)]
+            results.append([{"label": label, "score": score} for label, score in ranked])
+        return results
+
+
+class TokenClassification(Pipeline):
+    task = "token-classification"
+
+    def __init__(self, model, tok, batch_size: int = 32):
+        super().__init__(batch_size)
+        self.model, self.tok = model.eval(), tok
+
+    @torch.no_grad()
+    def _run(self, texts: list[str]) -> list[list[dict]]:
+        _check_texts(texts)
+        task = self.model.task
+        features, spans = [], []
+        for n, text in enumerate(texts):
+            words = split_words(text)
+            spans.append(words)
+            tokens = [w for w, _ in words]
+            for start, end in word_chunks(self.tok, tokens, task.max_length):
+                w = encode_words(self.tok, tokens[start:end], task.max_length)
+                features.append({"input_ids": w.input_ids, "token_type_ids": w.token_type_ids,
+                                 "word_starts": w.word_starts, "first": w.first_token, "example": n})
+        tags: list[list[str]] = [[] for _ in texts]
+        scores: list[list[float]] = [[] for _ in texts]
+        for i in range(0, len(features), self.batch_size):
+            chunk = features[i:i + self.batch_size]
+            batch = collate(chunk, self.tok.pad_token_id)
+            logits = self.model(batch)["logits"]
+            probs = logits.float().softmax(-1)
+            for f, path, p in zip(chunk, self.model.decode(logits, batch["word_starts"]), probs):
+                decoded = iter(path)
+                for first in f["first"]:
+                    tag = None if first is None else next(decoded)
+                    tags[f["example"]].append("O" if tag is None else task.labels[tag])
+                    scores[f["example"]].append(1.0 if tag is None else float(p[first, tag]))
+        results = []
+        for text, words, t, s in zip(texts, spans, tags, scores):
+            found = []
+            for label, first, last in entities(t):
+                start, end = words[first][1], words[last][1] + len(words[last][0])
+                found.append({"entity_group": label, "score": float(np.mean(s[first:last + 1])),
+                              "word": text[start:end], "start": start, "end": end})
+            results.append(found)
+        return results
+
+
+class QuestionAnswering(Pipeline):
+    task = "question-answering"
+
+    def __init__(self, model, tok, batch_size: int = 32):
+        super().__init__(batch_size)
+        self.model, self.tok = model.eval(), tok
+
+    @torch.no_grad()
+    def _run(self, items: list, top_k: int = 1) -> list:
+        task = self.model.task
+        examples = []
+        for i, item in enumerate(items):
+            if not isinstance(item, dict) or set(item) != {"question", "context"}:
+                raise BertforgeError(f"input {i}: expected {{'question': ..., 'context': ...}}")
+            _check_texts([item["question"]], f"question of input {i}; question")
+            _check_texts([item["context"]], f"context of input {i}; context")
+            examples.append(QAExample(str(i), item["question"], item["context"], source=f"input {i}"))
+        features = encode_qa(self.tok, examples, task, Skips(), train=False)
+        windows: list[list] = [[] for _ in examples]
+        for i in range(0, len(features), self.batch_size):
+            chunk = features[i:i + self.batch_size]
+            out = self.model(collate(chunk, self.tok.pad_token_id))
+            for f, s, e in zip(chunk, out["start_logits"].cpu().numpy(), out["end_logits"].cpu().numpy()):
+                n = len(f["input_ids"])
+                windows[f["example"]].append(best_spans(s[:n], e[:n], f["offsets"], task.n_best, task.max_answer_length))
+        results = []
+        for ex, spans in zip(examples, windows):
+            answers = decode_answers(spans, ex.context, top_k) or [{"answer": "", "score": 0.0, "start": 0, "end": 0}]
+            results.append(answers[0] if top_k == 1 else answers)
+        return results
+
+
+def pipeline(task: str | None, model: str | Path, *, base: str | Path | None = None, pooling: str = "mean",
+             normalize: bool = False, batch_size: int = 32) -> Pipeline:
+    """A pipeline for ``task`` over a local model directory. task None: the fine-tuned directory's own
+    task. ``base``: the base model of an adapter directory, when it moved."""
+    from ..data.tokenizers import AutoTokenizer
+
+    if task is not None and task not in TASKS:
+        raise BertforgeError(f"unknown pipeline task {task!r}; valid tasks: {', '.join(TASKS)}")
+    model = Path(model)
+    if is_task_directory(model):
+        task_model, tok = load_task_model(model, base)
+        own = _FOR_TASK.get(task_model.task.task)
+        if task == "feature-extraction":
+            return FeatureExtraction(task_model.encoder, tok, pooling, normalize, batch_size)
+        if task not in (None, own):
+            raise BertforgeError(f"{model} was fine-tuned for {task_model.task.task!r} ({own}), not {task}")
+        cls = {"text-classification": TextClassification, "token-classification": TokenClassification,
+               "question-answering": QuestionAnswering}[own]
+        return cls(task_model, tok, batch_size)
+    tok = AutoTokenizer.from_pretrained(model)
+    if task == "fill-mask":
+        from ..auto import AutoModelForMaskedLM
+
+        mlm = AutoModelForMaskedLM.from_pretrained(model)
+        if mlm.mlm is None:
+            raise BertforgeError(f"{model} has no masked-LM head; fill-mask needs a checkpoint saved with one")
+        return FillMask(mlm, tok, batch_size)
+    if task == "feature-extraction":
+        from ..auto import AutoModel
+
+        return FeatureExtraction(AutoModel.from_pretrained(model), tok, pooling, normalize, batch_size)
+    raise BertforgeError(f"{model} is not a fine-tuned directory (no task.json); {task or 'its task'} needs one "
+                         "(bertforge finetune writes it)")

@@ -1,0 +1,126 @@
+"""Pipelines on tiny models: output formats, entity and answer offsets into the original text."""
+
+import pytest
+import torch
+
+from bertforge.errors import BertforgeError
+from bertforge.finetune.encode import collate, encode_qa, encode_tokens
+from bertforge.finetune.store import save_task_model
+from bertforge.heads import PretrainingModel
+from bertforge.inference.pipelines import pipeline
+from bertforge.modeling import Encoder
+from bertforge.taskdata import QAExample, Skips, TokenExample
+from bertforge.tasks import TaskConfig, build_task_model
+from taskkit import tiny_config, tokenizer
+
+TAGS = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC")
+
+
+def _fit(model, batch, steps=80, lr=5e-3):
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(steps):
+        loss = model(batch)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def ner_dir(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ner")
+    tok = tokenizer(tmp)
+    torch.manual_seed(0)
+    model = build_task_model(Encoder(tiny_config()), TaskConfig("ner", labels=TAGS, crf=True, max_length=16))
+    sents = [
+        (list("张三住在北京"), ["B-PER", "I-PER", "O", "O", "B-LOC", "I-LOC"]),
+        ("john lives in paris".split(), ["B-PER", "O", "O", "B-LOC"]),
+        (list("我爱上海"), ["O", "O", "B-LOC", "I-LOC"]),
+        ("mary works at london".split(), ["B-PER", "O", "O", "B-LOC"]),
+    ]
+    examples = [TokenExample(w, t, f"s{i}") for i, (w, t) in enumerate(sents)]
+    features = encode_tokens(tok, examples, {t: i for i, t in enumerate(TAGS)}, 16, Skips())
+    _fit(model, collate(features, tok.pad_token_id))
+    save_task_model(model, tok, tmp / "ner")
+    return tmp / "ner"
+
+
+def test_token_classification_offsets_map_back_to_the_original_text(ner_dir):
+    ner = pipeline(None, ner_dir)
+    text = "  张三住在北京。 john  lives in paris!"
+    entities = ner(text)
+    assert [(e["entity_group"], e["word"]) for e in entities] == [("PER", "张三"), ("LOC", "北京"), ("PER", "john"), ("LOC", "paris")]
+    for e in entities:
+        assert text[e["start"]:e["end"]] == e["word"] and 0 < e["score"] <= 1
+    # A text longer than max_length (16 tokens) is tagged in pieces, the offsets still into the whole.
+    long_text = "我爱上海。" * 6 + "张三住在北京"
+    found = ner([long_text])[0]
+    assert [e["word"] for e in found][-2:] == ["张三", "北京"]
+    assert all(long_text[e["start"]:e["end"]] == e["word"] for e in found)
+    with pytest.raises(BertforgeError, match="input 1 is empty"):
+        ner(["张三", "  "])
+
+
+def test_question_answering_answer_offsets_in_the_context(tmp_path):
+    tok = tokenizer(tmp_path)
+    torch.manual_seed(0)
+    task = TaskConfig("qa", max_length=24, doc_stride=4, max_question_length=6, max_answer_length=4)
+    model = build_task_model(Encoder(tiny_config()), task)
+    context = "我爱上海。张三住在北京。北京是中国的首都。"
+    ex = [QAExample("1", "张三住在哪里", context, answers=[("北京", 9)]),
+          QAExample("2", "中国的首都", context, answers=[("北京", 12)])]
+    features = encode_qa(tok, ex, task, Skips(), train=True)
+    assert len(features) > 2  # the context is split into overlapping windows
+    batch = {k: v for k, v in collate(features, tok.pad_token_id).items() if k != "example"}
+    _fit(model, batch, steps=120)
+    save_task_model(model, tok, tmp_path / "qa")
+    qa = pipeline("question-answering", tmp_path / "qa")
+    result = qa({"question": "张三住在哪里", "context": context})
+    assert set(result) == {"answer", "score", "start", "end"}
+    assert result["answer"] == "北京" and context[result["start"]:result["end"]] == "北京"
+    top = qa([{"question": "张三住在哪里", "context": context}], top_k=3)[0]
+    assert len(top) == 3 and top[0]["score"] >= top[1]["score"]
+    with pytest.raises(BertforgeError, match="expected"):
+        qa(["no dict"])
+
+
+def test_text_classification_and_feature_extraction(tmp_path):
+    tok = tokenizer(tmp_path)
+    torch.manual_seed(0)
+    model = build_task_model(Encoder(tiny_config()), TaskConfig("classify", labels=("neg", "pos")))
+    save_task_model(model, tok, tmp_path / "cls")
+    clf = pipeline(None, tmp_path / "cls")
+    out = clf(["good movie", "bad film"], top_k=None)
+    assert [len(r) for r in out] == [2, 2] and {d["label"] for d in out[0]} == {"neg", "pos"}
+    assert sum(d["score"] for d in out[0]) == pytest.approx(1.0) and out[0][0]["score"] >= out[0][1]["score"]
+    assert len(clf("good movie", top_k=1)) == 1
+    with pytest.raises(BertforgeError, match="fine-tuned for 'classify'"):
+        pipeline("question-answering", tmp_path / "cls")
+    emb = pipeline("feature-extraction", tmp_path / "cls", pooling="cls")
+    vectors = emb(["good movie", "bad"])
+    assert len(vectors) == 2 and len(vectors[0]) == tiny_config().hidden_size
+
+
+def test_fill_mask_whole_words_and_single_tokens(tmp_path):
+    tok = tokenizer(tmp_path)
+    torch.manual_seed(0)
+    mlm = PretrainingModel(tiny_config(), heads=("mlm",))
+    mlm.encoder.save_pretrained(tmp_path / "m")  # an encoder alone has no MLM head
+    with pytest.raises(BertforgeError, match="no masked-LM head"):
+        tok.save_pretrained(tmp_path / "m")
+        pipeline("fill-mask", tmp_path / "m")
+    from bertforge.convert.checkpoint import save_pretrained
+
+    save_pretrained(mlm, tmp_path / "mlm")
+    tok.save_pretrained(tmp_path / "mlm")
+    fill = pipeline("fill-mask", tmp_path / "mlm")
+    text = "北京是[MASK][MASK]的首都"
+    cands = fill(text, top_k=3)
+    assert len(cands) == 3 and cands[0]["score"] >= cands[1]["score"]
+    assert len(cands[0]["token_str"]) == 2 and isinstance(cands[0]["token"], list)
+    assert cands[0]["sequence"] == "北京是" + cands[0]["token_str"] + "的首都"
+    two = fill("[MASK] lives in [MASK]", top_k=2)
+    assert len(two) == 2 and all(len(c) == 2 for c in two) and isinstance(two[0][0]["token"], int)
+    with pytest.raises(BertforgeError, match="has no \\[MASK\\]"):
+        fill("no mask here")
