@@ -94,6 +94,9 @@ def test_trained_directory_layout_and_specials(kind, trained):
     assert set(two["token_type_ids"]) <= {0, 1}
     masked = tok(f"the {family['mask']} sat")["input_ids"]
     assert masked.count(ids["mask"]) == 1
+    if kind == "bpe":  # RoBERTa's <mask> takes the space before it: "the<mask>" masks a whole "Ġword"
+        assert masked[1:3] == tok("the", add_special_tokens=False)["input_ids"] + [ids["mask"]]
+        assert cfg["added_tokens_decoder"][str(ids["mask"])]["lstrip"] is True
     padded = tok(["x", "a much longer sentence than x"], padding=True)
     assert padded["input_ids"][0][-1] == ids["pad"] and padded["attention_mask"][0][-1] == 0
 
@@ -154,6 +157,14 @@ def test_save_reload_keeps_fingerprint(kind, trained, tmp_path):
     assert again.fingerprint == tok.fingerprint and len(tok.fingerprint) == 64
     text = "The quick brown fox 跳过了懒狗。"
     assert again(text)["input_ids"] == tok(text)["input_ids"]
+
+
+def test_roberta_vocab_and_merges_directory(trained, tmp_path):
+    """RoBERTa's older layout, vocab.json + merges.txt alone, builds the same tokenizer."""
+    for name in ("vocab.json", "merges.txt"):
+        (tmp_path / name).write_bytes((trained("bpe") / name).read_bytes())
+    tok, full = AutoTokenizer.from_pretrained(tmp_path), AutoTokenizer.from_pretrained(trained("bpe"))
+    assert tok.kind == "bpe" and tok.fingerprint == full.fingerprint
 
 
 def test_fingerprints_differ_between_tokenizers(trained):

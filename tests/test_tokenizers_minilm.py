@@ -136,7 +136,7 @@ def test_minilm_same_ids_on_each_sentence(pair):
 def test_minilm_batches_pairs_padding_truncation(pair, kwargs):
     tok, hf = pair
     sentences = list(varied_sentences())
-    a, b = sentences[:160], sentences[160:320]
+    a, b = sentences[::3], sentences[1::3]
     if kwargs.get("truncation") == "only_second":  # only_second needs a first segment that fits
         a = [s[:40] for s in a]
     ours = tok(a, b, **kwargs)

@@ -20,7 +20,9 @@ from tokenizers import normalizers, pre_tokenizers, trainers
 from tokenizers.models import BPE, Unigram, WordPiece
 
 from ..errors import BertforgeError
-from .tokenizers import _CJK, KINDS, SPECIAL_TOKENS, Tokenizer, _jieba, build_pipeline, post_processor
+from .tokenizers import (
+    _CJK, KINDS, SPECIAL_TOKENS, Tokenizer, _jieba, build_pipeline, post_processor, special_added_tokens,
+)
 
 # BERT's English vocabulary keeps about a thousand single characters; more would be rare symbols.
 _WORDPIECE_ALPHABET = 1000
@@ -139,7 +141,7 @@ def _train_bpe(paths: list[Path], vocab_size: int, min_frequency: int, progress:
     """RoBERTa's byte-level BPE: all 256 bytes are in the alphabet, so nothing is ever unknown."""
     backend = build_pipeline("bpe", BPE(), lowercase=False)
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=list(SPECIAL_TOKENS["bpe"].values()),
+        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=special_added_tokens("bpe"),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=progress,
     )
     backend.train_from_iterator(iter_lines(paths, progress), trainer=trainer)
@@ -153,7 +155,7 @@ def _train_wordpiece(kind: str, paths: list[Path], vocab_size: int, lowercase: b
     English BERT about a thousand. The trainer adds a "##" form of each character seen inside a word on
     top of the alphabet, so a small vocabulary can overflow: then the alphabet shrinks by the overflow
     (its rarest characters go) and training runs again."""
-    specials = list(SPECIAL_TOKENS[kind].values())
+    specials = special_added_tokens(kind)
     budget = vocab_size - len(specials)
     alphabet = budget if kind == "chinese-char" else min(_WORDPIECE_ALPHABET, budget)
     for _ in range(4):

@@ -122,14 +122,18 @@ def build_pipeline(kind: str, model: Any, lowercase: bool, strip_accents: bool |
     # model gets all of them (ids 0-4, the trainers keep them there); a loaded vocabulary only marks
     # those it has, so a missing one is reported rather than silently appended.
     vocab = tok.get_vocab(with_added_tokens=False)
-    tok.add_special_tokens(
-        [AddedToken(specials[r], special=True, normalized=False, lstrip=(kind == "bpe" and r == "mask"))
-         for r in sorted(_ROLES, key=list(specials).index) if not vocab or specials[r] in vocab]
-    )
+    tok.add_special_tokens([t for t in special_added_tokens(kind) if not vocab or t.content in vocab])
     cls, sep = specials["cls"], specials["sep"]
     if tok.token_to_id(cls) is not None and tok.token_to_id(sep) is not None:
         tok.post_processor = post_processor(kind, tok)
     return tok
+
+
+def special_added_tokens(kind: str) -> list[AddedToken]:
+    """The family's special tokens in id order. RoBERTa's <mask> swallows the space before it
+    (lstrip), so "the <mask>" masks the word "Ġword" as a whole."""
+    return [AddedToken(t, special=True, normalized=False, lstrip=(kind == "bpe" and role == "mask"))
+            for role, t in SPECIAL_TOKENS[kind].items()]
 
 
 def post_processor(kind: str, tok: Backend) -> Any:
