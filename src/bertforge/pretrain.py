@@ -1,0 +1,332 @@
+"""Pretraining, wired: a recipe + a corpus store -> model, masking, sequences, objective -> the one loop.
+
+Everything here is assembly. The parts live where they belong: architecture in config/modeling, masking
+and sequence builders in data/, losses in objectives/, the loop in train/. ``PretrainSpec`` is what a run
+is made from; it is written into the run directory so that ``--resume RUN_DIR`` rebuilds the same run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import ModelConfig
+from .errors import BertforgeError
+from .recipes import RECIPES, SIZES, Recipe, model_config, recipe as get_recipe
+from .train.config import TrainConfig, from_mapping, parse_assignments, read_yaml_mapping
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    # Sequence length in tokens, special tokens included.
+    max_len: int = 128
+    # Sequences per micro-batch; the global batch is batch_size x grad_accum.
+    batch_size: int = 32
+    # Share of tokens chosen for prediction (15% in BERT and its descendants).
+    mask_budget: float = 0.15
+    # Static masking: differently masked copies of each sequence (0 = the recipe's default).
+    dupe_factor: int = 0
+    # MacBERT similar words: a synonyms file (`word sim1 sim2 ...` a line); "" = word2vec on the corpus.
+    synonyms: str = ""
+    # ELECTRA: generator width as a fraction of the discriminator's (the paper's 1/4 for small models).
+    generator_fraction: float = 0.25
+    # ELECTRA: weight lambda of the replaced-token-detection loss.
+    rtd_weight: float = 50.0
+    # Pad each batch to a multiple of this many tokens (8 suits tensor cores and vector units).
+    pad_to_multiple_of: int = 8
+
+
+@dataclass(frozen=True)
+class PretrainSpec:
+    """Everything a pretraining run is built from (JSON-serialisable, stored in RUN_DIR/config.json)."""
+
+    recipe: str
+    corpus: str
+    size: str = "tiny"
+    tokenizer: str = ""  # tokenizer directory; "" = the store's copy, or --init's
+    init: str = ""  # continue pretraining this checkpoint directory
+    teacher: str = ""  # distilbert: the teacher checkpoint directory
+    model: dict = field(default_factory=dict)  # ModelConfig overrides
+    train: dict = field(default_factory=dict)  # TrainConfig overrides (on top of the recipe's optim)
+    data: dict = field(default_factory=dict)  # DataConfig overrides
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ---- settings: recipe defaults < YAML file < --set ----------------------------------------------------
+_SECTIONS = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig}
+
+
+def split_settings(mapping: dict[str, Any], source: str) -> dict[str, dict[str, Any]]:
+    """Route ``key: value`` settings to the model / train / data section that has the key.
+
+    Keys may be prefixed (``train.lr``) or bare (``lr``); a bare key must belong to exactly one section.
+    A YAML file may also hold the sections as nested mappings."""
+    out: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
+    names = {sec: {f.name for f in dataclasses.fields(cls)} for sec, cls in _SECTIONS.items()}
+    for key, value in mapping.items():
+        if key in _SECTIONS and isinstance(value, dict):
+            for sub, v in value.items():
+                out[key].update(split_settings({f"{key}.{sub}": v}, source)[key])
+            continue
+        section, _, bare = key.rpartition(".")
+        owners = [section] if section else [s for s in _SECTIONS if bare in names[s]]
+        if section and section not in _SECTIONS:
+            raise BertforgeError(f"{source}: unknown section {section!r} in {key!r}; use model., train. or data.")
+        if not owners or bare not in names[owners[0]]:
+            valid = sorted(f"{s}.{n}" for s in _SECTIONS for n in names[s])
+            raise BertforgeError(f"{source}: unknown key {key!r}; valid keys: {', '.join(valid)}")
+        if len(owners) > 1:
+            raise BertforgeError(f"{source}: {key!r} is a key of {' and '.join(owners)}; prefix it, e.g. "
+                                 f"{owners[0]}.{bare}")
+        out[owners[0]][bare] = value
+    return out
+
+
+def make_spec(recipe: str, corpus: str, size: str = "tiny", config_file: str | None = None,
+              assignments: list[str] | None = None, **paths: str) -> PretrainSpec:
+    get_recipe(recipe)
+    if size not in SIZES:
+        raise BertforgeError(f"unknown --size {size!r}; valid sizes: {', '.join(SIZES)}")
+    settings = {name: {} for name in _SECTIONS}
+    if config_file:
+        for sec, values in split_settings(read_yaml_mapping(config_file), str(config_file)).items():
+            settings[sec].update(values)
+    for sec, values in split_settings(parse_assignments(assignments), "--set").items():
+        settings[sec].update(values)
+    spec = PretrainSpec(recipe=recipe, corpus=str(corpus), size=size, **{k: v for k, v in paths.items() if v},
+                        model=settings["model"], train=settings["train"], data=settings["data"])
+    train_config(spec)  # validate every value now, before any long work
+    from_mapping(DataConfig, spec.data, "--set")
+    return spec
+
+
+def train_config(spec: PretrainSpec) -> TrainConfig:
+    r = get_recipe(spec.recipe)
+    base = {k: (list(v) if isinstance(v, tuple) else v) for k, v in r.optim.items()}
+    return from_mapping(TrainConfig, {**base, **spec.train}, "--set")
+
+
+# ---- assembly --------------------------------------------------------------------------------------
+def open_corpus(spec: PretrainSpec):
+    from .data.corpus import CorpusStore
+
+    return CorpusStore(spec.corpus)
+
+
+def load_tokenizer(spec: PretrainSpec, store) -> Any:
+    """The tokenizer the model will ship with; it must be the one the store was built with."""
+    from .data.tokenizers import AutoTokenizer
+
+    candidates = [spec.tokenizer, str(Path(spec.corpus) / "tokenizer"), spec.init]
+    directory = next((c for c in candidates if c and Path(c).is_dir() and _has_tokenizer(Path(c))), None)
+    if directory is None:
+        raise BertforgeError(f"no tokenizer: the corpus store {spec.corpus} holds no tokenizer/ copy; pass "
+                             "--tokenizer DIR (the one the store was built with)")
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    store.check_tokenizer(tokenizer)
+    return tokenizer
+
+
+def _has_tokenizer(d: Path) -> bool:
+    return any((d / name).is_file() for name in ("tokenizer.json", "vocab.txt", "spm.model", "tokenizer_config.json"))
+
+
+def build_model_config(spec: PretrainSpec, store) -> ModelConfig:
+    r = get_recipe(spec.recipe)
+    data = from_mapping(DataConfig, spec.data, "--set")
+    pad = int(store.manifest["special_ids"]["pad"])
+    overrides: dict[str, Any] = {"pad_token_id": pad}
+    if r.model.get("position_offset"):
+        overrides["position_offset"] = pad + 1  # RoBERTa positions start after the padding index
+    need = data.max_len + overrides.get("position_offset", 0)
+    overrides["max_position_embeddings"] = max(512, need)
+    overrides.update(spec.model)
+    return model_config(spec.recipe, spec.size, int(store.vocab_size), **overrides)
+
+
+def build_masker(r: Recipe, data: DataConfig, store, tokenizer):
+    from .data.masking import MaskingConfig, Masker
+
+    fields: dict[str, Any] = {"unit": r.mask_unit, "budget": data.mask_budget}
+    if r.mask_unit == "ngram":
+        fields["ngram_probs"] = r.ngram_probs
+    similar = None
+    if r.corruption == "similar":
+        from .data.similar import SimilarWords
+
+        fields["replacement"] = "similar"
+        similar = (SimilarWords.from_synonyms_file(data.synonyms, tokenizer) if data.synonyms
+                   else SimilarWords.from_word2vec(store, "train"))
+    return Masker.from_manifest(MaskingConfig(**fields), store.manifest, similar=similar)
+
+
+def build_objective(spec: PretrainSpec, config: ModelConfig):
+    from . import objectives
+    from .heads import PretrainingModel
+
+    r = get_recipe(spec.recipe)
+    data = from_mapping(DataConfig, spec.data, "--set")
+    if r.objectives == ("electra",):
+        if spec.init:
+            raise BertforgeError("--init with the electra recipe is not supported yet: it trains a generator and "
+                                 "a discriminator from scratch")
+        return objectives.ElectraObjective.from_config(config, generator_fraction=data.generator_fraction,
+                                                       rtd_weight=data.rtd_weight)
+    if r.objectives == ("distill",):
+        if not spec.teacher:
+            raise BertforgeError("the distilbert recipe needs --teacher DIR (a checkpoint with an MLM head)")
+        from .auto import AutoModelForMaskedLM
+
+        teacher = AutoModelForMaskedLM.from_pretrained(spec.teacher, heads=("mlm",))
+        return objectives.DistillationObjective(teacher, objectives.student_from_teacher(teacher))
+    heads = objectives.required_heads(r.objectives)
+    if spec.init:
+        from .auto import AutoModelForPreTraining
+
+        model = AutoModelForPreTraining.from_pretrained(spec.init, heads=heads)
+    else:
+        model = PretrainingModel(config, heads=heads)
+    return objectives.compose(model, r.objectives)
+
+
+def build_streams(spec: PretrainSpec, store, tokenizer, seed: int, eval_batches: int):
+    from .data.builders import builder
+    from .data.collate import PretrainingStream
+
+    r = get_recipe(spec.recipe)
+    data = from_mapping(DataConfig, spec.data, "--set")
+    masker = build_masker(r, data, store, tokenizer)
+    make = builder(r.builder, max_len=data.max_len)
+    dupe = data.dupe_factor or r.dupe_factor
+    train = PretrainingStream(store, make, masker, data.batch_size, split="train", seed=seed,
+                              static_masking=not r.dynamic, dupe_factor=dupe if not r.dynamic else 1,
+                              pad_to_multiple_of=data.pad_to_multiple_of)
+    if len(store.documents("validation")) == 0:
+        warnings.warn(f"corpus store {spec.corpus} has no validation documents: no held-out evaluation")
+        return train, None
+    held_out = make.build(store, "validation", seed + 1)
+    if len(held_out) == 0:
+        return train, None
+    eval_batch = min(data.batch_size, len(held_out))
+
+    def eval_factory():
+        # a fresh pass over the same held-out batches each time: same sequences, same masks
+        stream = PretrainingStream(store, make, masker, eval_batch, split="validation", seed=seed + 1,
+                                   examples=held_out, pad_to_multiple_of=data.pad_to_multiple_of)
+        count = stream.batches_per_epoch if not eval_batches else min(eval_batches, stream.batches_per_epoch)
+        return itertools.islice(stream, count)
+
+    return train, eval_factory
+
+
+def exporter(objective, tokenizer, spec: PretrainSpec):
+    """Write RUN_DIR/final: the model transformers loads (+ the ELECTRA generator beside it) + tokenizer."""
+
+    def export(out: Path) -> None:
+        from .train.report import atomic_write
+
+        model = getattr(objective, "model", objective)
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        if hasattr(objective, "generator") and hasattr(objective, "discriminator"):
+            objective.generator.save_pretrained(out / "generator")
+            tokenizer.save_pretrained(out / "generator")
+        atomic_write(out / "bertforge_pretrain.json", (json.dumps(spec.to_dict(), indent=2) + "\n").encode())
+
+    return export
+
+
+def pretrain(spec: PretrainSpec, run_dir: str | Path, resume: bool = False, progress_bar: bool = True):
+    """Run (or resume) a pretraining run; returns the loop's TrainResult."""
+    from .train.loop import Trainer
+
+    store = open_corpus(spec)
+    tokenizer = load_tokenizer(spec, store)
+    config = build_model_config(spec, store)
+    tcfg = train_config(spec)
+    objective = build_objective(spec, config)
+    train_stream, eval_factory = build_streams(spec, store, tokenizer, tcfg.seed, tcfg.eval_batches)
+    trainer = Trainer(objective, train_stream, eval_factory, tcfg, run_dir, resume=resume,
+                      export_fn=exporter(objective, tokenizer, spec),
+                      run_info={"pretrain": spec.to_dict(), "model": config.to_dict()}, progress_bar=progress_bar)
+    return trainer.train()
+
+
+def spec_from_run(run_dir: str | Path) -> PretrainSpec:
+    path = Path(run_dir) / "config.json"
+    try:
+        data = json.loads(path.read_text())["pretrain"]
+    except FileNotFoundError:
+        raise BertforgeError(f"{path} does not exist: {run_dir} is not a bertforge pretraining run") from None
+    except (KeyError, json.JSONDecodeError) as exc:
+        raise BertforgeError(f"{path}: not a pretraining run config ({exc})") from None
+    return PretrainSpec(**data)
+
+
+# ---- the demo's main job ---------------------------------------------------------------------------
+def demo_pretrain(out: Path, recipe: str = "roberta-wwm-ext", minutes: float = 3.0) -> None:
+    """People's Daily -> tokenizer -> corpus store -> a tiny pretraining run -> report + fill-mask."""
+    import shutil
+    import tempfile
+
+    from .data.corpus import CorpusStore, build_corpus
+    from .data.sources import BuildReport, named_source
+    from .data.tokenizer_train import train_tokenizer
+
+    out.mkdir(parents=True, exist_ok=True)
+    kind = get_recipe(recipe).tokenizer
+    tok_dir, store_dir, run_dir = out / "tokenizer", out / "peoples-daily.store", out / f"run-{recipe}"
+    if not (tok_dir / "tokenizer_config.json").is_file():
+        print(f"\n== 1/3 training a {kind} tokenizer on People's Daily (January 1998) ==")
+        with tempfile.TemporaryDirectory() as tmp:
+            text = Path(tmp) / "peoples-daily.txt"
+            with text.open("w", encoding="utf-8") as f:
+                for piece in named_source("peoples-daily").pieces(BuildReport()):
+                    f.write(piece.text.replace("\n", " ") + "\n")
+            train_tokenizer(kind, [text], vocab_size=8000, out=tok_dir)
+    if not (store_dir / "manifest.json").is_file():
+        print("\n== 2/3 building the corpus store (gold segmentation as whole-word boundaries) ==")
+        build_corpus(store_dir, str(tok_dir), sources=["peoples-daily"], validation_fraction=0.02, overwrite=True)
+    store = CorpusStore(store_dir)
+    print(f"  {store.num_docs:,} documents, {store.num_sents:,} sentences, {store.num_tokens:,} tokens")
+    print(f"\n== 3/3 pretraining a tiny {recipe} for {minutes:g} minutes ==")
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    spec = make_spec(recipe, str(store_dir), "tiny", tokenizer=str(tok_dir), assignments=[
+        f"max_minutes={minutes}", "max_steps=0", "lr=5e-4", "warmup_ratio=0.05", "batch_size=32", "max_len=128",
+        "eval_every=100", "save_every_steps=200", "log_every=10"])
+    result = pretrain(spec, run_dir)
+    print(f"  {result.step} steps, {result.tokens:,} tokens in {result.elapsed / 60:.1f} min; "
+          f"held-out: " + ", ".join(f"{k} {v:.3f}" for k, v in result.eval_metrics.items()))
+    print(f"  report: {run_dir / 'report.md'}   model: {run_dir / 'final'}")
+    fill_mask_example(run_dir / "final")
+
+
+def fill_mask_example(model_dir: Path, text: str | None = None) -> None:
+    import torch
+
+    from .auto import AutoModelForMaskedLM
+    from .data.tokenizers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForMaskedLM.from_pretrained(model_dir).eval()
+    mask = tokenizer.convert_ids_to_tokens(tokenizer.mask_token_id)
+    text = text or f"中国共产党第十五次全国代表大{mask}。"
+    batch = tokenizer(text, return_tensors="pt")
+    with torch.inference_mode():
+        out = model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+    logits = out["mlm_logits"][0]
+    where = (batch["input_ids"][0] == tokenizer.mask_token_id).nonzero().flatten()
+    print(f"\n== fill-mask with the new model: {text} ==")
+    for pos in where.tolist():
+        probs = logits[pos].softmax(-1)
+        top = probs.topk(5)
+        print("  " + ", ".join(f"{tokenizer.convert_ids_to_tokens(i)} {p:.3f}"
+                               for p, i in zip(top.values.tolist(), top.indices.tolist())))
