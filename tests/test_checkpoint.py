@@ -20,6 +20,7 @@ from test_train import (
     assert_same_weights,
     final_weights,
     make_trainer,
+    one_thread,  # noqa: F401 (autouse fixture)
     script_command,
     script_env,
     tiny_config,

@@ -138,6 +138,7 @@ class Trainer:
         self._interrupted = False
         self._first_signal = 0.0
         self.log: MetricsLog | None = None
+        self.checkpoint: Path | None = None  # the newest checkpoint written or resumed from (rank 0)
         self._bar_unit, self._bar_elapsed = "step", 0.0
 
     # ---- checks before anything is trained ------------------------------------------------------
@@ -206,7 +207,6 @@ class Trainer:
         last_saved_step = self.step if self.resume else -1
         last_eval_step, eval_metrics = -1, {}
         window: dict[str, float] = {}
-        checkpoint: Path | None = None
         stopped_by = None
         while True:
             stopped_by = self._budget_reached()
@@ -257,7 +257,8 @@ class Trainer:
             if cfg.eval_every and self.step % cfg.eval_every == 0:
                 eval_metrics, last_eval_step = self.evaluate(), self.step
             if (cfg.save_every_steps and self.step % cfg.save_every_steps == 0) or control[3] > 0:
-                checkpoint, last_saved_step, last_save_time = self.save(), self.step, time.monotonic()
+                self.save()
+                last_saved_step, last_save_time = self.step, time.monotonic()
             if control[2] > 0:
                 stopped_by = "interrupted"
                 break
@@ -269,18 +270,17 @@ class Trainer:
         if stopped_by != "interrupted" and last_eval_step != self.step and self.step > 0:
             eval_metrics = self.evaluate()
         if last_saved_step != self.step and self.step > 0:
-            checkpoint = self.save()
+            self.save()
         if self.dist.is_main:
             self.log.write({"kind": "event", "event": "stop", "reason": stopped_by, "step": self.step,
                             "tokens": self.tokens, "elapsed": self.elapsed})
             write_report(self.run_dir, {"stopped by": stopped_by})
             if stopped_by == "interrupted":
-                print(f"bertforge: interrupted at step {self.step}; checkpoint {checkpoint}; "
+                print(f"bertforge: interrupted at step {self.step}; checkpoint {self.checkpoint}; "
                       f"continue with --resume {self.run_dir}", file=sys.stderr)
             elif self.export_fn is not None:
                 self.export_fn(self.run_dir / "final")
-        return TrainResult(self.step, self.tokens, self.elapsed, stopped_by,
-                           checkpoint if self.dist.is_main else None, eval_metrics)
+        return TrainResult(self.step, self.tokens, self.elapsed, stopped_by, self.checkpoint, eval_metrics)
 
     def _budget_reached(self) -> str | None:
         cfg = self.config
@@ -405,6 +405,7 @@ class Trainer:
             raise BertforgeError(f"cannot write a checkpoint under {self.ckpt_root} ({exc.strerror or exc}); "
                                  f"the previous checkpoints are intact") from exc
         prune_checkpoints(self.ckpt_root, self.config.keep_last)
+        self.checkpoint = path
         self.log.write({"kind": "event", "event": "checkpoint", "step": self.step, "tokens": self.tokens,
                         "path": str(path.relative_to(self.run_dir))})
         return path
@@ -420,7 +421,7 @@ class Trainer:
                 payload = f"{self.run_dir}: no complete checkpoint to resume from; start again without --resume"
             else:
                 optimizer_state, state, _ = read_checkpoint(path, self.objective, self.device)
-                payload = (optimizer_state, state)
+                payload, self.checkpoint = (optimizer_state, state), path
         payload = distributed.broadcast_object(payload)
         if isinstance(payload, str):
             raise BertforgeError(payload)
@@ -437,7 +438,7 @@ class Trainer:
             if self.dist.is_main:
                 warnings.warn(f"resuming a {state['world_size']}-process run with {self.dist.world_size} processes: "
                               f"random states are re-seeded, so the run will not repeat the original exactly",
-                              CheckpointWarning, stacklevel=2)
+                              CheckpointWarning, stacklevel=4)
             seed_everything(self.config.seed + self.dist.rank + 1000 * self.step)
         return self.step
 
@@ -452,7 +453,7 @@ class Trainer:
             changed = [f"{k} {old[k]!r} -> {v!r}" for k, v in new["train"].items() if k in old and old[k] != v]
             if changed:
                 warnings.warn(f"resuming {self.run_dir} with changed settings: {', '.join(changed)}",
-                              CheckpointWarning, stacklevel=2)
+                              CheckpointWarning, stacklevel=4)
         atomic_write(path, (json.dumps(new, indent=2, default=str) + "\n").encode())
 
     # ---- progress, logging, signals ---------------------------------------------------------------
