@@ -275,10 +275,11 @@ class Tokenizer:
     # -- vocabulary ------------------------------------------------------------------------------------
     @property
     def vocab_size(self) -> int:
-        return len(self._vocab)
+        """Rows an embedding needs: the largest id + 1 (a vocab.txt with a repeated line has a gap)."""
+        return max(self._vocab.values()) + 1
 
     def __len__(self) -> int:
-        return len(self._vocab)
+        return self.vocab_size
 
     def get_vocab(self) -> dict[str, int]:
         return dict(self._vocab)
