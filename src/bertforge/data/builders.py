@@ -1,14 +1,10 @@
 """Sequence builders: the documents of a corpus store -> the training sequences each paper used.
 
-==================  =============================================================================  ==========
-builder             one sequence                                                                   paper
-==================  =============================================================================  ==========
-NSPPairs            [CLS] A [SEP] B [SEP]; B is A's real continuation or (50%) from another doc      BERT
-SOPPairs            [CLS] A [SEP] B [SEP]; A, B consecutive segments of one doc, 50% swapped         ALBERT
-FullSentences       [CLS] sentences [SEP] (next doc's sentences [SEP] ...), packed across documents  RoBERTa
-DocSentences        [CLS] sentences [SEP], packed inside one document                               RoBERTa
-SingleSegments      [CLS] sentences [SEP], one document, BERT's random short targets (no pair)       SpanBERT
-==================  =============================================================================  ==========
+- NSPPairs (BERT): [CLS] A [SEP] B [SEP]; B is A's real continuation or, 50%, from another document;
+- SOPPairs (ALBERT): [CLS] A [SEP] B [SEP]; consecutive segments of one document, 50% swapped;
+- FullSentences (RoBERTa): [CLS] sentences [SEP] next document's sentences [SEP] ..., across documents;
+- DocSentences (RoBERTa): [CLS] sentences [SEP], packed inside one document;
+- SingleSegments (SpanBERT): [CLS] sentences [SEP] of one document, no pair, optional short targets.
 
 [CLS] and [SEP] are the store manifest's cls and sep ids (<s> and </s> for RoBERTa's BPE). A builder is
 deterministic given (store, split, seed) and returns :class:`Examples`: every sequence as a few token

@@ -2,14 +2,10 @@
 
 Masking = which *units* are chosen x how each chosen unit is *corrupted* (docs/masking.md):
 
-========  ==========================================================  =========================
-unit      a unit is                                                   used by
-========  ==========================================================  =========================
-token     one token                                                   BERT, RoBERTa
-word      one whole word (word_start flags; Chinese: the segmenter's)  WWM, RoBERTa-wwm, NEZHA
-ngram     1..N consecutive whole words, p(n) from ``ngram_probs``      MacBERT (40/30/20/10), ALBERT (1/n)
-span      1..10 whole words, n ~ Geometric(0.2) clipped at 10         SpanBERT
-========  ==========================================================  =========================
+- token: one token (BERT, RoBERTa);
+- word: one whole word, from the store's word_start flags; Chinese words are the segmenter's (WWM, NEZHA);
+- ngram: 1..N consecutive whole words, p(n) = ngram_probs (MacBERT 40/30/20/10, ALBERT 1/n for n <= 3);
+- span: 1..10 whole words, n ~ Geometric(0.2) truncated at 10 and renormalised (SpanBERT).
 
 How units are laid out. Each maximal run of maskable tokens (text between special tokens) is tiled from
 its first word into consecutive units whose lengths (in words) are drawn iid from the unit's length
