@@ -265,7 +265,7 @@ class Tokenizer:
     # -- loading ---------------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike) -> "Tokenizer":
-        return _load(Path(path))
+        return _load(Path(path).expanduser())
 
     def __reduce__(self):
         """Pickle (e.g. to worker processes) as the serializable form; the jieba pre-tokenizer and the
@@ -546,7 +546,7 @@ class AutoTokenizer:
 
     @staticmethod
     def from_pretrained(path: str | os.PathLike) -> Tokenizer:
-        return _load(Path(path))
+        return _load(Path(path).expanduser())
 
 
 # ---- loading ------------------------------------------------------------------------------------------
