@@ -45,10 +45,13 @@ class ToyStream:
     ``fixed``: no padding and exactly ``length // 5`` predicted tokens per row, so a per-token mean loss
     over the batch equals the mean of per-half means (what DDP computes). ``delay`` slows each batch
     (so a subprocess can be stopped mid-run); ``poison_at`` marks one batch for the objective to turn into
-    NaN; ``limit`` makes the stream finite."""
+    NaN; ``limit`` makes the stream finite. With ``world_size`` > 1 it is sharded by rank, as the real
+    PretrainingStream is: it yields rows [rank * B/W, (rank + 1) * B/W) of the global batch."""
 
-    def __init__(self, seed=0, batch=4, length=16, fixed=False, delay=0.0, poison_at=-1, limit=0):
+    def __init__(self, seed=0, batch=4, length=16, fixed=False, delay=0.0, poison_at=-1, limit=0,
+                 rank=0, world_size=1):
         self.seed, self.batch, self.length, self.fixed = seed, batch, length, fixed
+        self.rank, self.world_size = rank, world_size
         self.delay, self.poison_at, self.limit = delay, poison_at, limit
         self.rng = np.random.default_rng(seed)
         self.position = 0
@@ -93,7 +96,8 @@ class ToyStream:
             "poison": torch.full((b,), float(self.position == self.poison_at)),
         }
         self.position += 1
-        return batch
+        share = b // self.world_size
+        return {k: v[self.rank * share:(self.rank + 1) * share] for k, v in batch.items()}
 
 
 def eval_factory(n=3):
@@ -215,6 +219,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--fixed", action="store_true")
     p.add_argument("--delay", type=float, default=0.0)
+    p.add_argument("--presharded", action="store_true", help="the stream itself yields this rank's rows")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--set", action="append", default=[])
     args = p.parse_args(argv)
@@ -222,7 +227,8 @@ def main(argv=None) -> int:
     config = tiny_config().with_overrides(args.set)
     seed_everything(0)
     objective = OBJECTIVES[args.objective](args.dropout)
-    stream = ToyStream(batch=args.batch, fixed=args.fixed, delay=args.delay)
+    ranks = {"rank": int(os.environ.get("RANK", 0)), "world_size": int(os.environ.get("WORLD_SIZE", 1))}
+    stream = ToyStream(batch=args.batch, fixed=args.fixed, delay=args.delay, **(ranks if args.presharded else {}))
     result = Trainer(objective, stream, eval_factory(), config, args.run_dir, resume=args.resume,
                      progress_bar=False).train()
     print(json.dumps({"step": result.step, "stopped_by": result.stopped_by}))
@@ -368,6 +374,11 @@ def test_existing_checkpoints_need_resume_and_resume_needs_a_checkpoint(tmp_path
         make_trainer(tmp_path)
     with pytest.raises(BertforgeError, match="no checkpoint to resume from"):
         make_trainer(tmp_path / "empty", resume=True)
+
+
+def test_a_stream_sharded_for_another_world_size_is_refused(tmp_path):
+    with pytest.raises(BertforgeError, match="stream was built for world_size=2, but 1 processes are training"):
+        make_trainer(tmp_path, stream=ToyStream(rank=1, world_size=2))
 
 
 @pytest.mark.slow

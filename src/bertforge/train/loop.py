@@ -6,11 +6,13 @@
 
 - ``objective``: an nn.Module, ``objective(batch) -> (scalar loss, dict of floats)``. Its weights, and any
   ``torch.Generator`` it keeps as an attribute, are checkpointed.
-- ``train_stream``: an iterable of batch dicts (global micro-batches) with ``state_dict()`` /
-  ``load_state_dict()`` for the data position. Under torchrun every process reads the same stream and
-  keeps its own contiguous slice of rows, so the global batch does not depend on the number of processes.
+- ``train_stream``: an iterable of batch dicts with ``state_dict()`` / ``load_state_dict()`` for the data
+  position. Under torchrun, a stream whose ``world_size`` attribute equals the number of processes is
+  already sharded by rank (data.collate.PretrainingStream) and each process trains on what it yields;
+  any other stream yields global micro-batches, which every process reads in full and keeps its own
+  contiguous slice of. Either way the data position is the same on every rank, so rank 0's is saved.
 - ``eval_stream_factory``: ``() -> iterable of batches`` over the held-out split (a fresh pass each call),
-  or None.
+  or None; sharded or not by the same rule.
 
 Per optimizer step: ``grad_accum`` micro-batches forward (under autocast) and backward (DDP synchronises
 gradients on the last one), gradient clipping, one all-reduce of the step's numbers (loss, tokens, metrics,
@@ -111,6 +113,7 @@ class Trainer:
         self.device = self.dist.device
         if config.precision == "fp16" and self.device.type != "cuda":
             raise BertforgeError("precision=fp16 needs a CUDA device; use precision=bf16 on the CPU")
+        self._train_presharded = self._presharded(train_stream)
 
         self.objective = objective.to(self.device)
         problem = self._check_run_dir() if self.dist.is_main else None
@@ -296,8 +299,17 @@ class Trainer:
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.config.precision)
         return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
 
-    def _batch(self, batch: Batch) -> Batch:
-        batch = distributed.shard_batch(batch, self.dist.rank, self.dist.world_size)
+    def _presharded(self, stream: Any) -> bool:
+        """Whether ``stream`` already yields this rank's share (see the module docstring)."""
+        world = getattr(stream, "world_size", 1)
+        if world not in (1, self.dist.world_size):
+            raise BertforgeError(f"the data stream was built for world_size={world}, but {self.dist.world_size} "
+                                 f"processes are training")
+        return self.dist.world_size > 1 and world == self.dist.world_size
+
+    def _batch(self, batch: Batch, presharded: bool) -> Batch:
+        if not presharded:
+            batch = distributed.shard_batch(batch, self.dist.rank, self.dist.world_size)
         return {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
                 for k, v in batch.items()}
 
@@ -310,7 +322,7 @@ class Trainer:
         metric_sums: dict[str, float] = {}
         for i in range(accum):
             try:
-                batch = self._batch(next(batches))
+                batch = self._batch(next(batches), self._train_presharded)
             except StopIteration:
                 self.optimizer.zero_grad(set_to_none=True)
                 return None
@@ -364,10 +376,12 @@ class Trainer:
         count = 0
         try:
             with torch.no_grad(), self._autocast():
-                for i, batch in enumerate(self.eval_stream_factory()):
+                stream = self.eval_stream_factory()
+                presharded = self._presharded(stream)
+                for i, batch in enumerate(stream):
                     if self.config.eval_batches and i >= self.config.eval_batches:
                         break
-                    loss, metrics = self.objective(self._batch(batch))
+                    loss, metrics = self.objective(self._batch(batch, presharded))
                     for k, v in {"loss": float(loss), **metrics}.items():
                         sums[k] = sums.get(k, 0.0) + float(v)
                     count += 1
