@@ -77,7 +77,7 @@ def child_build(path: str, tok: str, out: str) -> dict:
 def child_hf(path: str, tok: str) -> dict:
     from transformers import AutoTokenizer
 
-    hf = AutoTokenizer.from_pretrained(tok)
+    hf = AutoTokenizer.from_pretrained(tok, model_max_length=1 << 30)  # no "longer than 512" warnings
     start = time.perf_counter()
     tokens, batch = 0, []
     with open(path, encoding="utf-8") as f:  # stream, so the baseline's memory is bounded too
@@ -139,7 +139,8 @@ def markdown(result: dict) -> str:
         ratio = ours["seconds_median"] / hf["seconds_median"]
         lines.append(f"| {corpus['name']} | | bertforge / transformers time | {ratio:.1f}x | | | |")
     m = result["machine"]
-    lines.append(f"\nMeasured {result['date']} on {m['cpus']} CPU cores ({m['platform']}, Python {m['python']}), "
+    lines.append(f"\nMeasured {result['date']} on {m['cpus']} CPU cores ({m['platform']}, Python {m['python']}; "
+                 f"1-minute load average {m['load_average_1min'][0]} before, {m['load_average_1min'][1]} after), "
                  f"medians of {result['repeats']} runs for 1x and {result['repeats_large']} for {result['scale']}x; "
                  f"peak memory is the whole process tree (workers included), limit {LIMIT_MB} MB: "
                  f"{'met' if result['under_limit'] else 'EXCEEDED'}.")
@@ -171,6 +172,7 @@ def main() -> None:
         print(json.dumps(child_hf(*args.child_hf)))
         return
 
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bertforge-bench-") as tmp:
         work = Path(tmp)
         data = prepare(work, args.scale)
@@ -184,7 +186,9 @@ def main() -> None:
     result = {
         "benchmark": "corpus_build",
         "date": time.strftime("%Y-%m-%d"),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                    # other jobs on the machine slow both columns alike; the ratio is the stable number
+                    "load_average_1min": [round(load_before, 1), round(os.getloadavg()[0], 1)]},
         "tokenizer": "chinese-char WordPiece, vocab 8000, trained on the same text",
         "repeats": args.repeats, "repeats_large": args.repeats_large, "scale": args.scale,
         "corpora": corpora,
