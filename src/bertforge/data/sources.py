@@ -82,8 +82,8 @@ class BuildReport:
 
 # ---------------------------------------------------------------------------------------------------
 # Sentence splitting. Written by hand because the maintained splitters do not fit: nltk's punkt needs a
-# downloaded (pickled) model, pysbd is English-first and ~100x slower than a regex, and neither knows
-# Chinese closing quotes. Rules: CJK 。！？ and … end a sentence, followed by any closing quotes or brackets
+# downloaded pickled model (bertforge never unpickles), and pysbd applies one language's rules at a time
+# (our lines mix English and Chinese) and runs far slower than a few regular expressions. Rules: CJK 。！？ and … end a sentence, followed by any closing quotes or brackets
 # (“好！”他说 splits after ”, the common convention for Chinese corpora); ASCII ! ? end one before
 # whitespace; "." ends one before whitespace unless the word before it is an abbreviation or an initial.
 
