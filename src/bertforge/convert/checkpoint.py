@@ -155,7 +155,6 @@ def _prefixed(prefix: str, names: dict[str, hf.Name]) -> dict[str, hf.Name]:
 
 def _plan(config: ModelConfig, layout_name: str) -> tuple[_Plan, Callable[[str], str | None]]:
     """The name plan and a function that canonicalises checkpoint names (None = skip this tensor)."""
-    full = config.replace(add_pooler=True) if config.model_type in ("bert", "roberta", "albert", "nezha") else config
     if layout_name == "bertforge":
         with torch.device("meta"):
             names = {k: k for k in PretrainingModel(config.replace(add_pooler=True), heads=tuple(HEADS)).state_dict()}
@@ -167,6 +166,8 @@ def _plan(config: ModelConfig, layout_name: str) -> tuple[_Plan, Callable[[str],
         return _Plan(encoder, pooler, heads, lambda n: n.startswith("encoder.")), lambda n: n
 
     layout = hf.LAYOUTS[config.model_type]
+    # Where transformers may hold a pooler, look for one whatever config.json says; load decides.
+    full = config.replace(add_pooler=True) if config.model_type in ("bert", "roberta", "albert", "nezha") else config
     names = _prefixed("encoder.", hf.encoder_names(full, layout))
     pooler = {k: v for k, v in names.items() if k.startswith("encoder.pooler.")}
     encoder = {k: v for k, v in names.items() if k not in pooler}
@@ -291,7 +292,7 @@ def load_pretrained(directory: str | os.PathLike, task: Task = "model", heads: t
                     f"implies {part_shape}"
                 )
         tensor = torch.cat([tensors[p][0] for p in parts]) if len(parts) > 1 else tensors[parts[0]][0]
-        # float32 like transformers' default; .to() copies, so the model never aliases the loaded dict.
+        # float32, as transformers loads by default (a bf16 checkpoint is upcast)
         state[internal[len(prefix):]] = tensor.to(torch.float32 if tensor.is_floating_point() else tensor.dtype)
     if plan.decoder is not None:
         _check_tied(plan, tensors, wpath)
