@@ -89,8 +89,16 @@ class EmbedRequest(_Request):
     inputs: Texts = Field(description="text(s) to embed", examples=["A sentence to embed."])
 
 
+class TextPair(_Request):
+    text: StrictStr
+    text_pair: StrictStr
+
+
 class ClassifyRequest(_Request):
-    inputs: Texts = Field(description="text(s) to classify", examples=["What a lovely day."])
+    inputs: StrictStr | TextPair | list[StrictStr | TextPair] = Field(
+        description="text(s) to classify; {text, text_pair} objects for a sentence-pair model (see /v1/info)",
+        examples=["What a lovely day."],
+    )
     top_k: StrictInt | None = Field(None, ge=1, le=1000, description="labels to return per text (default: all)")
 
 
@@ -171,10 +179,11 @@ def _inputs(task: Task, req: Any, settings: ServeSettings, mask_token: str | Non
     items: list[Any] = []
     for i, value in enumerate(raw):
         where = f"inputs[{i}]"
-        if task.name == "qa":
-            _check_text(value.question, f"{where}.question", settings.max_chars)
-            _check_text(value.context, f"{where}.context", settings.max_chars)
-            items.append({"question": value.question, "context": value.context})
+        if isinstance(value, (QAPair, TextPair)):
+            fields = value.model_dump()
+            for key, text in fields.items():
+                _check_text(text, f"{where}.{key}", settings.max_chars)
+            items.append(fields)
             continue
         _check_text(value, where, settings.max_chars)
         if task.name == "fill-mask" and mask_token and mask_token not in value:
@@ -185,7 +194,7 @@ def _inputs(task: Task, req: Any, settings: ServeSettings, mask_token: str | Non
 
 def _cost(item: Any) -> int:
     """Length for grouping items into forwards: characters, a cheap stand-in for tokens."""
-    return len(item["question"]) + len(item["context"]) if isinstance(item, dict) else len(item)
+    return sum(map(len, item.values())) if isinstance(item, dict) else len(item)
 
 
 def _jsonable(value: Any) -> Any:
@@ -315,10 +324,12 @@ def create_app(
     model_name: str = "model",
     mask_token: str | None = None,
     labels: Mapping[str, list[str]] | None = None,
+    classify_pairs: bool = False,
 ) -> FastAPI:
     """An app serving ``pipelines``: endpoint name ("fill-mask", "embed", "classify", "ner", "qa") ->
     a callable ``pipeline(list_of_inputs, **options) -> list_of_results``. ``mask_token`` lets fill-mask
-    requests without one be refused up front; ``labels`` (task -> label names) is shown in /v1/info."""
+    requests without one be refused up front; ``labels`` (task -> label names) and ``classify_pairs``
+    (the classifier reads text pairs) are shown in /v1/info for clients and the web demo."""
     settings = settings or ServeSettings()
     unknown = sorted(set(pipelines) - set(TASKS))
     if unknown:
@@ -331,6 +342,7 @@ def create_app(
             "tasks": [t for t in TASKS if t in pipelines],
             "mask_token": mask_token,
             "labels": dict(labels or {}),
+            "classify_pairs": classify_pairs,
             "limits": {"max_inputs": settings.max_inputs, "max_chars": settings.max_chars,
                        "max_body_bytes": settings.max_body_bytes},
             "api_key_required": settings.api_key is not None,
@@ -461,6 +473,57 @@ def _add_route(app: FastAPI, task: Task, run_task: Callable) -> None:
     endpoint.__annotations__ = {"req": schema, "request": Request, "return": dict}
 
     app.post(f"/v1/{task.name}", summary=task.summary, response_model=Results, name=task.name)(endpoint)
+
+
+# ---- from a model directory --------------------------------------------------------------------------
+def load_pipelines(model_dir: str | Path, tasks: list[str] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The pipelines a model directory supports, sharing one copy of its weights, and what /v1/info
+    shows about them: (endpoint name -> pipeline, {"mask_token", "labels"}).
+
+    A fine-tuned directory serves its own task plus "embed" from its encoder; a pretrained one serves
+    "embed", and "fill-mask" when it has a masked-LM head. ``tasks`` picks a subset."""
+    from ..auto import AutoModelForMaskedLM
+    from ..data.tokenizers import AutoTokenizer
+    from ..finetune.store import is_task_directory, load_task_model
+    from . import pipelines as P
+
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise BertforgeError(f"{model_dir}: no config.json; expected a model directory")
+    available: dict[str, Callable[[], Any]] = {}
+    meta: dict[str, Any] = {"mask_token": None, "labels": {}, "classify_pairs": False}
+    if is_task_directory(model_dir):
+        model, tok = load_task_model(model_dir)
+        kind = model.task.task
+        own = {"classify": ("classify", P.TextClassification), "pair": ("classify", P.TextClassification),
+               "ner": ("ner", P.TokenClassification), "qa": ("qa", P.QuestionAnswering)}.get(kind)
+        if own is None:
+            raise BertforgeError(f"{model_dir}: task {kind!r} has no HTTP endpoint; served tasks are classify, pair, ner, qa")
+        name, cls = own
+        available[name] = lambda: cls(model, tok)
+        if model.task.labels:
+            meta["labels"][name] = list(model.task.labels)
+        meta["classify_pairs"] = kind == "pair"
+        encoder = model.encoder
+    else:
+        mlm = AutoModelForMaskedLM.from_pretrained(model_dir)
+        tok = AutoTokenizer.from_pretrained(model_dir)
+        if mlm.mlm is not None:
+            available["fill-mask"] = lambda: P.FillMask(mlm, tok)
+            meta["mask_token"] = tok.mask_token
+        encoder = mlm.encoder
+    available["embed"] = lambda: P.FeatureExtraction(encoder, tok)
+    chosen = list(available) if tasks is None else tasks
+    for t in chosen:
+        if t not in available:
+            raise BertforgeError(f"--tasks {t}: {model_dir} can serve {', '.join(available)}")
+    return {t: available[t]() for t in TASKS if t in chosen}, meta
+
+
+def create_app_from_dir(model_dir: str | Path, *, settings: ServeSettings | None = None, tasks: list[str] | None = None) -> FastAPI:
+    """``create_app`` over the pipelines of a model directory (see ``load_pipelines``)."""
+    pipelines, meta = load_pipelines(model_dir, tasks)
+    return create_app(pipelines, settings=settings, model_name=Path(model_dir).resolve().name, **meta)
 
 
 # ---- running -----------------------------------------------------------------------------------------
