@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bertforge.inference.server import ServerThread, ServeSettings, create_app
+from bertforge.inference.server import ServerThread, ServeSettings, create_app, create_app_from_dir
+from test_server_real import dirs  # noqa: F401  (the tiny model directories fixture)
 
 CHROMIUM, DRIVER = Path("/usr/bin/chromium"), shutil.which("chromedriver") or "/usr/bin/chromedriver"
 HOW = "install it with: apt-get install -y chromium chromium-driver && .venv/bin/pip install selenium"
@@ -113,3 +114,30 @@ def test_errors_and_api_key_in_the_page(browser):
         wait(browser, lambda d: "no mask token" in d.find_element(By.ID, "error").text)
         out = submit(browser, "fill-mask", "one [MASK] two")
         assert len(out.find_elements(By.CSS_SELECTOR, "li.candidate")) == 5
+
+
+def test_real_models_in_the_page(browser, dirs):
+    """Real pipelines behind the page: what is drawn is what the pipeline returns."""
+    from bertforge.inference.pipelines import pipeline
+
+    text = "Ada Lovelace lived in London ."
+    with ServerThread(create_app_from_dir(dirs["ner"])) as url:
+        browser.get(url)
+        wait(browser, lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
+        assert browser.find_element(By.ID, "ner").is_displayed() and not browser.find_element(By.ID, "qa").is_displayed()
+        out = submit(browser, "ner", text)
+        drawn = [(m.find_element(By.CLASS_NAME, "span-text").text, m.find_element(By.CLASS_NAME, "tag").text)
+                 for m in out.find_elements(By.CSS_SELECTOR, "mark")]
+        expected = [(e["word"], e["entity_group"]) for e in pipeline(None, dirs["ner"])(text)]
+        assert drawn == expected
+        if not expected:
+            assert "no entities found" in out.text
+        assert out.text.replace("\n", " ").count("London") == 1  # the whole text is shown once
+    with ServerThread(create_app_from_dir(dirs["pair"])) as url:
+        browser.get(url)
+        wait(browser, lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
+        assert browser.find_element(By.ID, "classify-pair").is_displayed()
+        out = submit(browser, "classify", "A man sleeps.")
+        drawn = [r.text for r in out.find_elements(By.CSS_SELECTOR, ".row .name")]
+        pair = {"text": "A man sleeps.", "text_pair": browser.find_element(By.ID, "classify-pair").get_attribute("value")}
+        assert drawn == [r["label"] for r in pipeline(None, dirs["pair"])(pair)]

@@ -103,7 +103,10 @@ const render = {
 async function run(task) {
   const output = $(`${task}-output`);
   const text = $(`${task}-input`).value;
-  const body = task === "qa" ? { inputs: { question: $("qa-question").value, context: text } } : { inputs: text };
+  let inputs = text;
+  if (task === "qa") inputs = { question: $("qa-question").value, context: text };
+  if (task === "classify" && info.classify_pairs) inputs = { text, text_pair: $("classify-pair").value };
+  const body = { inputs };
   const button = $(`${task}-run`);
   button.disabled = true;
   output.replaceChildren(el("span", "muted", "…"));
@@ -132,6 +135,11 @@ async function start() {
   $("model").textContent = `${info.model} · ${info.tasks.join(", ") || "no tasks"}`;
   $("auth").hidden = !info.api_key_required;
   if (info.mask_token) $("fill-mask-input").value = `The capital of France is ${info.mask_token}.`;
+  if (info.classify_pairs) {
+    $("classify-pair").hidden = false;
+    $("classify-input").value = "A man is sleeping on the sofa.";
+    $("classify-pair").value = "Nobody is asleep.";
+  }
   for (const task of info.tasks) {
     $(task).hidden = false;
     $(`${task}-run`).addEventListener("click", () => run(task));
