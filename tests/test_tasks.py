@@ -13,7 +13,7 @@ from bertforge.features import ScalarMix, layerwise_lr_groups, mean_pool
 from bertforge.modeling import Encoder
 from bertforge.tasks import (
     CRF, MODELS, Span, TaskConfig, TaskObjective, allowed_transitions, best_spans, build_task_model,
-    decode_answers, entities, pack, tag_scheme,
+    decode_answers, entities, full_tag_set, pack, tag_scheme,
 )
 
 BIO = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
@@ -228,3 +228,9 @@ def test_task_config_roundtrip_and_errors(tmp_path):
     with pytest.raises(BertforgeError, match="doc_stride"):
         TaskConfig("qa", max_length=64, doc_stride=60)
     assert set(MODELS) == {"classify", "pair", "ner", "qa", "choice"}
+
+
+def test_full_tag_set_completes_the_scheme_per_entity_type():
+    assert full_tag_set(["O", "B-PER", "E-PER", "M-LOC"]) == (
+        "O", "B-LOC", "M-LOC", "E-LOC", "S-LOC", "B-PER", "M-PER", "E-PER", "S-PER")
+    assert full_tag_set(["B-X", "O"]) == ("O", "B-X", "I-X")

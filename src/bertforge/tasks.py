@@ -107,6 +107,14 @@ def tag_scheme(labels: list[str] | tuple[str, ...]) -> str:
     return "BMES" if "M" in prefixes else "BIOES" if prefixes & {"E", "S"} else "BIO"
 
 
+def full_tag_set(labels: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """Every tag of the labels' scheme for every entity type they mention, "O" first: training data in
+    which S-ORG happens not to occur still yields a model that can tag S-ORG."""
+    prefixes = {"BIO": "BI", "BIOES": "BIES", "BMES": "BMES"}[tag_scheme(labels)]
+    types = sorted({t[2:] for t in labels if t != "O"})
+    return ("O",) + tuple(f"{p}-{t}" for t in types for p in prefixes)
+
+
 def _split(tag: str) -> tuple[str, str]:
     """"B-PER" -> ("B", "PER"); BMES's M is BIOES's I."""
     if tag == "O":

@@ -205,7 +205,8 @@ def encode_qa(tok, examples: list[QAExample], task: TaskConfig, skips: Skips, tr
             skips.add("questions whose context has no token skipped", ex.source)
             continue
         if len(ctx_ids) > room:
-            skips.add(f"contexts longer than {room} tokens split into overlapping windows", ex.source)
+            skips.add("contexts longer than a window (max_length minus the question) split into overlapping windows",
+                      ex.source)
         answer = None
         if ex.answers:
             text, start = ex.answers[0]

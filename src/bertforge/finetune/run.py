@@ -27,7 +27,7 @@ from ..features import layerwise_lr_groups
 from ..metrics import TASK_METRIC
 from ..modeling import Encoder
 from ..taskdata import TaskData, load
-from ..tasks import TaskConfig, TaskObjective, build_task_model
+from ..tasks import TaskConfig, TaskObjective, build_task_model, full_tag_set
 from ..train import TrainConfig, Trainer
 from .encode import check_tokenizer, collate, encode_qa, encode_texts, encode_tokens
 from .evaluate import check_labels, evaluate
@@ -177,7 +177,8 @@ def finetune(
     if not train_data.examples:
         raise BertforgeError(f"{train_spec}: no usable training examples")
     eval_data = load(eval_spec, task, "validation", eval_limit) if eval_spec else None
-    task_cfg = TaskConfig(task, labels=tuple(train_data.labels()), **(options or {}))
+    labels = train_data.labels()
+    task_cfg = TaskConfig(task, labels=full_tag_set(labels) if task == "ner" else tuple(labels), **(options or {}))
     model = build_task_model(encoder, task_cfg)
     adapters = None
     if adapter:
