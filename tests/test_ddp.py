@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from bertforge.train.checkpoint import list_checkpoints, verify_checkpoint
-from test_train import HERE, assert_same_weights, final_weights, records, script_command, script_env
+from test_train import HERE, assert_same_weights, final_weights, main, one_thread, records, script_env  # noqa: F401
 
 # Same global batch of 4 sequences (each rank gets 2), no dropout, the same number of predicted tokens in
 # every row (so the per-token mean loss of the whole batch is the mean of the two halves' means), and a
@@ -26,9 +26,7 @@ def torchrun(run_dir, *args) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_two_gloo_processes_match_one_process_and_resume_distributed(tmp_path):
-    single = subprocess.run(script_command(tmp_path / "one", *ARGS, "--set", "max_steps=8"), env=script_env(),
-                            capture_output=True, text=True, timeout=600)
-    assert single.returncode == 0, single.stderr
+    assert main([str(tmp_path / "one"), *ARGS, "--set", "max_steps=8"]) == 0  # one process: this one
 
     first = torchrun(tmp_path / "ddp", *ARGS, "--set", "max_steps=5")
     assert first.returncode == 0, first.stderr[-3000:]

@@ -52,9 +52,12 @@ def setup(device: str | torch.device | None = None) -> DistInfo:
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=device, owner=owner)
 
 
-def teardown(info: DistInfo) -> None:
+def teardown(info: DistInfo, wait: bool = True) -> None:
+    """Leave the process group this process created; ``wait`` for the others first (not after an error,
+    when they may never arrive)."""
     if info.owner and dist.is_initialized():
-        dist.barrier()
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
 
 

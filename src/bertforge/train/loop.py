@@ -172,15 +172,18 @@ class Trainer:
     # ---- the run ----------------------------------------------------------------------------------
     def train(self) -> TrainResult:
         handlers = self._install_signal_handlers()
+        finished = False
         try:
             self._start()
-            return self._loop()
+            result = self._loop()
+            finished = True
+            return result
         finally:
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
             if self.log is not None:
                 self.log.close()
-            distributed.teardown(self.dist)
+            distributed.teardown(self.dist, wait=finished)
 
     def _start(self) -> None:
         main = self.dist.is_main
