@@ -186,3 +186,35 @@ def test_hf_export_per_task_or_the_reason_it_cannot(tmp_path):
     electra = build_task_model(Encoder(PRESETS["test-tiny"].replace(model_type="electra", add_pooler=False)),
                                TaskConfig("classify", labels=("a", "b")))
     assert "electra sequence-classification head" in save_task_model(electra, tok, tmp_path / "e")
+
+
+def test_layerwise_adamw_scales_each_group_and_restores_the_lr():
+    from bertforge.finetune.run import LayerwiseAdamW
+
+    a, b = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(3))
+    opt = LayerwiseAdamW([{"params": [a], "lr_scale": 1.0}, {"params": [b], "lr_scale": 0.25}], lr=0.1, weight_decay=0.0)
+    a.grad, b.grad = torch.ones(3), torch.ones(3)
+    opt.step()
+    assert torch.allclose(b, 0.25 * a) and a[0].item() == pytest.approx(-0.1)
+    assert [g["lr"] for g in opt.param_groups] == [0.1, 0.1]
+
+
+def test_early_stopping_ends_the_run_after_patience_evaluations(tmp_path):
+    from bertforge.finetune.run import EpochStream, FinetuneTrainer, RowsObjective
+    from bertforge.train import TrainConfig
+
+    tok = tokenizer(tmp_path)
+    model = build_task_model(Encoder(tiny_config()), TaskConfig("classify", labels=("neg", "pos")))
+    rows = [TextExample(t, None, "pos", f"r{i}") for i, t in enumerate(POS)]
+    features = encode_texts(tok, rows, {"neg": 0, "pos": 1}, 16, Skips())
+    scores = iter([0.5, 0.7, 0.6, 0.65, 0.9, 0.9])
+    saved = []
+    trainer = FinetuneTrainer(
+        RowsObjective(model), EpochStream(features, [r.source for r in rows], 2, 0, 0), None,
+        TrainConfig(max_steps=100, eval_every=2, save_every_steps=0, log_every=1), tmp_path / "run",
+        task_eval=lambda: {"accuracy": next(scores)}, metric="accuracy", patience=2,
+        on_best=saved.append, progress_bar=False,
+    )
+    result = trainer.train()
+    assert trainer.early_stopped and result.step == 8 and trainer.best == 0.7 and trainer.best_step == 4
+    assert [r["step"] for r in saved] == [2, 4]
