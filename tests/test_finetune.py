@@ -218,3 +218,13 @@ def test_early_stopping_ends_the_run_after_patience_evaluations(tmp_path):
     result = trainer.train()
     assert trainer.early_stopped and result.step == 8 and trainer.best == 0.7 and trainer.best_step == 4
     assert [r["step"] for r in saved] == [2, 4]
+
+
+def test_a_failing_batch_names_its_rows(tmp_path):
+    from bertforge.finetune.run import RowsObjective
+
+    model = build_task_model(Encoder(tiny_config()), TaskConfig("classify", labels=("neg", "pos")))
+    batch = {"input_ids": torch.tensor([[2, 500, 3]]), "labels": torch.tensor([0]), "rows": ["train.csv:7"]}
+    with pytest.raises(IndexError) as info:
+        RowsObjective(model)(batch)
+    assert any("train.csv:7" in note for note in getattr(info.value, "__notes__", ["train.csv:7"]))

@@ -72,8 +72,9 @@ class RowsObjective(TaskObjective):
             return super().forward(batch)
         except Exception as exc:
             rows = batch.get("rows") or []
-            exc.add_note(f"bertforge: the failing batch holds {len(rows)} rows: {', '.join(rows[:8])}"
-                         + (", ..." if len(rows) > 8 else ""))
+            if hasattr(exc, "add_note"):  # Python >= 3.11; the traceback then ends with the rows
+                exc.add_note(f"bertforge: the failing batch holds {len(rows)} rows: {', '.join(rows[:8])}"
+                             + (", ..." if len(rows) > 8 else ""))
             raise
 
 
