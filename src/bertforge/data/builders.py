@@ -82,35 +82,34 @@ class Examples:
         idx = np.asarray(indices, dtype=np.int64)
         b = len(idx)
         first, count = self.ptr[idx], self.ptr[idx + 1] - self.ptr[idx]
-        piece = _expand(first, count)  # pieces of the batch, in order
+        piece = _expand(first, count)  # the batch's pieces, in order
         piece_row = np.repeat(np.arange(b), count)
         plen = self.length[piece]
-        local = np.repeat(np.arange(len(piece)), plen)  # batch piece of each token
-        within = np.arange(len(local)) - np.repeat(np.cumsum(plen) - plen, plen)
-        p = piece[local]
-        special = self.token[p]
-        text = special < 0
-        src = self.lo[p[text]] + within[text]
-        ids = special.copy()
-        ids[text] = self.store.tokens[src]
-        word_start = np.zeros(len(p), dtype=bool)
-        word_start[text] = np.asarray(self.store.word_start[src], dtype=bool) | (within[text] == 0)
-        row = piece_row[local]
         row_len = np.bincount(piece_row, weights=plen, minlength=b).astype(np.int64)
-        col = np.arange(len(p)) - np.repeat(np.cumsum(row_len) - row_len, row_len)
         width = int(row_len.max()) if b else 0
         if pad_to_multiple_of and pad_to_multiple_of > 1:
             width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
+        # Flat [B * width] position of each piece's first token.
+        start = np.cumsum(plen) - plen
+        dest = piece_row * width + start - (np.cumsum(row_len) - row_len)[piece_row]
+        text = self.token[piece] < 0
+        to = _expand(dest[text], plen[text])
+        src = _expand(self.lo[piece[text]], plen[text])
+        ids = np.full(b * width, self.pad_id, dtype=np.int64)
+        ids[to] = self.store.tokens[src]
+        ids[dest[~text]] = self.token[piece[~text]]
+        word_start = np.zeros(b * width, dtype=bool)
+        word_start[to] = self.store.word_start[src]
+        word_start[dest[text]] = True
+        types = np.zeros(b * width, dtype=np.int64)
+        second = self.segment[piece] != 0
+        types[_expand(dest[second], plen[second])] = np.repeat(self.segment[piece[second]], plen[second])
         out = {
-            "input_ids": np.full((b, width), self.pad_id, dtype=np.int64),
-            "token_type_ids": np.zeros((b, width), dtype=np.int64),
-            "attention_mask": np.zeros((b, width), dtype=np.int64),
-            "word_start": np.zeros((b, width), dtype=bool),
+            "input_ids": ids.reshape(b, width),
+            "token_type_ids": types.reshape(b, width),
+            "attention_mask": (np.arange(width) < row_len[:, None]).astype(np.int64),
+            "word_start": word_start.reshape(b, width),
         }
-        out["input_ids"][row, col] = ids
-        out["token_type_ids"][row, col] = self.segment[p]
-        out["attention_mask"][row, col] = 1
-        out["word_start"][row, col] = word_start
         if self.has_pairs:
             out["pair_labels"] = self.pair_label[idx].astype(np.int64)
         return out
