@@ -1,0 +1,162 @@
+"""`bertforge pretrain` end to end: every recipe on a real (small) corpus, the CLI, bad input."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from bertforge.cli import main
+from bertforge.data.corpus import build_corpus
+from bertforge.data.sources import BuildReport, named_source
+from bertforge.data.tokenizer_train import train_tokenizer
+from bertforge.errors import BertforgeError
+from bertforge.pretrain import make_spec, pretrain, spec_from_run, split_settings
+from bertforge.recipes import RECIPES
+
+CHINESE_KINDS = {"chinese-char", "chinese-word"}
+FAST = ["max_steps=3", "batch_size=8", "max_len=64", "eval_batches=2", "eval_every=0", "save_every_steps=0",
+        "log_every=1", "warmup_steps=1"]
+
+
+def _text(source: str, path: Path, pieces: int) -> Path:
+    with path.open("w", encoding="utf-8") as f:
+        for i, piece in enumerate(named_source(source).pieces(BuildReport())):
+            if i >= pieces:
+                break
+            f.write(piece.text.replace("\n", " ") + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def stores(tmp_path_factory):
+    """One small real corpus store per tokenizer kind, built on demand (People's Daily / Wikipedia)."""
+    root = tmp_path_factory.mktemp("stores")
+    made: dict[str, Path] = {}
+
+    def get(kind: str) -> Path:
+        if kind not in made:
+            source = "peoples-daily" if kind in CHINESE_KINDS else "wiki-sample"
+            text = _text(source, root / f"{kind}.txt", 300)
+            tok = root / f"tok-{kind}"
+            train_tokenizer(kind, [text], vocab_size=1200 if kind != "bpe" else 800, out=tok, progress=False)
+            store = root / f"{kind}.store"
+            build_corpus(store, str(tok), [text], workers=0, validation_fraction=0.1, progress=False)
+            made[kind] = store
+        return made[kind]
+
+    get.root = root
+    return get
+
+
+def _teacher(stores, kind="wordpiece") -> Path:
+    """A tiny BERT checkpoint with an MLM head and the store's tokenizer, as a distillation teacher."""
+    from bertforge.config import ModelConfig
+    from bertforge.data.tokenizers import AutoTokenizer
+    from bertforge.heads import PretrainingModel
+    from bertforge.recipes import model_config
+
+    store = stores(kind)
+    out = stores.root / "teacher"
+    if not (out / "config.json").is_file():
+        tok = AutoTokenizer.from_pretrained(stores.root / f"tok-{kind}")
+        config = model_config("bert", "tiny", tok.vocab_size, num_layers=4, pad_token_id=tok.pad_token_id)
+        PretrainingModel(config, heads=("mlm",)).save_pretrained(out)
+        tok.save_pretrained(out)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_every_recipe_runs_end_to_end(name, stores, tmp_path):
+    store = stores(RECIPES[name].tokenizer)
+    extra = {"teacher": str(_teacher(stores))} if name == "distilbert" else {}
+    spec = make_spec(name, str(store), "tiny", assignments=FAST + ["hidden_size=32", "intermediate_size=64",
+                                                                    "num_heads=2"],
+                     tokenizer=str(stores.root / f"tok-{RECIPES[name].tokenizer}"), **extra)
+    result = pretrain(spec, tmp_path / "run", progress_bar=False)
+    assert result.step == 3 and result.stopped_by == "max_steps"
+    assert result.eval_metrics and all(torch.isfinite(torch.tensor(v)) for v in result.eval_metrics.values())
+    final = tmp_path / "run" / "final"
+    from bertforge.auto import AutoModel
+
+    AutoModel.from_pretrained(final)  # the exported model loads back
+    assert (final / "tokenizer_config.json").is_file()
+    assert (tmp_path / "run" / "report.md").is_file()
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert any(line.get("kind") == "train" for line in lines)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["bert", "roberta", "albert", "electra", "spanbert"])
+def test_loss_falls_over_50_steps(name, stores, tmp_path):
+    store = stores(RECIPES[name].tokenizer)
+    settings = ["max_steps=50", "batch_size=16", "max_len=64", "eval_every=0", "eval_batches=2",
+                "save_every_steps=0", "log_every=5", "warmup_steps=5", "lr=1e-3", "grad_accum=1"]
+    spec = make_spec(name, str(store), "tiny", assignments=settings,
+                     tokenizer=str(stores.root / f"tok-{RECIPES[name].tokenizer}"))
+    pretrain(spec, tmp_path / "run", progress_bar=False)
+    losses = [json.loads(x)["loss"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+              if json.loads(x).get("kind") == "train"]
+    assert len(losses) == 10
+    # a clear fall (from ~ln V towards the unigram entropy) in 50 small steps, not noise
+    assert sum(losses[-2:]) / 2 < 0.95 * sum(losses[:2]) / 2, losses
+
+
+def test_settings_are_routed_and_checked():
+    routed = split_settings({"lr": 1, "hidden_size": 64, "max_len": 32, "train.seed": 3,
+                             "model": {"sharing": "all"}}, "x")
+    assert routed == {"model": {"hidden_size": 64, "sharing": "all"}, "train": {"lr": 1, "seed": 3},
+                      "data": {"max_len": 32}}
+    with pytest.raises(BertforgeError, match="unknown key 'hiden_size'.*valid keys: .*model.hidden_size"):
+        split_settings({"hiden_size": 3}, "--set")
+    with pytest.raises(BertforgeError, match="unknown recipe 'bart'; valid recipes: bert"):
+        make_spec("bart", "x")
+    with pytest.raises(BertforgeError, match="unknown --size"):
+        make_spec("bert", "x", size="huge")
+    with pytest.raises(BertforgeError, match="lr"):
+        make_spec("bert", "x", assignments=["lr=fast"])
+
+
+def test_cli_bad_input_one_line(tmp_path, capsys, stores):
+    assert main(["pretrain", "--recipe", "nope", "--corpus", "x", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "valid recipes" in err[0]
+    assert main(["pretrain", "--recipe", "bert", "--corpus", str(tmp_path / "missing"), "--out", str(tmp_path)]) == 2
+    assert "missing" in capsys.readouterr().err
+    # a store built with another tokenizer than the one given is refused, with why
+    store = stores("wordpiece")
+    other = stores.root / "tok-chinese-char"
+    stores("chinese-char")
+    code = main(["pretrain", "--recipe", "bert", "--corpus", str(store), "--tokenizer", str(other),
+                 "--out", str(tmp_path / "r2"), "--set", "max_steps=1"])
+    assert code == 2 and "was built with tokenizer" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_run_and_exact_resume(stores, tmp_path):
+    """The CLI path: a 6-step run, and the same run done as 3 steps + --resume, end bit-identical."""
+    from safetensors.torch import load_file
+
+    store = str(stores("wordpiece"))
+    tok = str(stores.root / "tok-wordpiece")
+    common = ["--recipe", "bert", "--corpus", store, "--tokenizer", tok, "--no-progress", "--set",
+              "batch_size=8", "max_len=64", "eval_every=0", "eval_batches=1", "log_every=1", "warmup_steps=1",
+              "hidden_size=32", "intermediate_size=64", "num_heads=2", "hidden_dropout=0.1"]
+    assert main(["pretrain", *common[:8], "--out", str(tmp_path / "a"), *common[8:], "max_steps=6",
+                 "save_every_steps=3"]) == 0
+    assert main(["pretrain", *common[:8], "--out", str(tmp_path / "b"), *common[8:], "max_steps=6",
+                 "save_every_steps=3"]) == 0
+    # b again, killed after step 3 is simulated by deleting its final checkpoint and resuming
+    ckpts = sorted((tmp_path / "b" / "checkpoints").iterdir())
+    import shutil
+
+    shutil.rmtree(ckpts[-1])
+    shutil.rmtree(tmp_path / "b" / "final")
+    assert spec_from_run(tmp_path / "b").recipe == "bert"
+    assert main(["pretrain", "--resume", str(tmp_path / "b"), "--no-progress"]) == 0
+    a = load_file(tmp_path / "a" / "final" / "model.safetensors")
+    b = load_file(tmp_path / "b" / "final" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
