@@ -128,3 +128,43 @@ def test_export_command_writes_verified_fp32_and_int8(tmp_path, capsys):
     assert "logits" in OnnxRuntimeModel(out / "model.onnx").output_names[-1]
     assert "max |ONNX - PyTorch|" in capsys.readouterr().out
     assert main(["export", str(tmp_path / "missing"), "-o", str(out)]) == 2
+
+
+def test_onnx_model_stands_in_for_a_task_model_in_its_pipeline(tmp_path):
+    """``like=``: the NER pipeline (tokenize, forward, CRF decode, offsets) runs unchanged on ONNX Runtime."""
+    from bertforge.data.tokenizer_train import train_tokenizer
+    from bertforge.inference.pipelines import TokenClassification
+
+    text = "Ada Lovelace lived in London . She wrote programs for Babbage ."
+    (tmp_path / "corpus.txt").write_text((text + "\n") * 10)
+    tok = train_tokenizer("wordpiece", [tmp_path / "corpus.txt"], 120, progress=False)
+    torch.manual_seed(0)
+    model = build_task_model(Encoder(TINY.replace(vocab_size=tok.vocab_size)),
+                             TaskConfig("ner", labels=("O", "B-PER", "I-PER", "B-LOC", "I-LOC"), crf=True)).eval()
+    path = export_onnx(model, tmp_path / "ner.onnx")
+    onnx_model = OnnxRuntimeModel(path, like=model)
+    assert onnx_model.task is model.task
+    texts = [text, "Babbage lived in London"]
+    got, expected = TokenClassification(onnx_model, tok)(texts), TokenClassification(model, tok)(texts)
+    strip = lambda results: [[{k: v for k, v in e.items() if k != "score"} for e in r] for r in results]  # noqa: E731
+    assert strip(got) == strip(expected) and any(expected)
+    scores = lambda results: torch.tensor([e["score"] for r in results for e in r])  # noqa: E731
+    torch.testing.assert_close(scores(got), scores(expected), atol=1e-5, rtol=0)
+    with pytest.raises(AttributeError):
+        OnnxRuntimeModel(path).task
+
+
+def test_export_command_on_a_fine_tuned_directory(tmp_path):
+    from bertforge.cli import main
+    from bertforge.data.tokenizer_train import train_tokenizer
+    from bertforge.finetune.store import save_task_model
+
+    (tmp_path / "corpus.txt").write_text("a good film . a bad film .\n" * 10)
+    tok = train_tokenizer("wordpiece", [tmp_path / "corpus.txt"], 60, progress=False)
+    model = build_task_model(Encoder(TINY.replace(vocab_size=tok.vocab_size)), TaskConfig("classify", labels=("neg", "pos")))
+    save_task_model(model, tok, tmp_path / "clf")
+    assert main(["export", str(tmp_path / "clf"), "-o", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "task.json").exists()
+    assert OnnxRuntimeModel(tmp_path / "out" / "model.onnx").output_names == ["logits"]
+    assert main(["export", str(tmp_path / "clf"), "-o", str(tmp_path / "out2"), "--head", "encoder"]) == 0
+    assert main(["export", str(tmp_path / "out"), "-o", str(tmp_path / "x"), "--head", "task"]) == 2  # no weights there

@@ -184,10 +184,13 @@ class OnnxRuntimeModel:
     ``model(input_ids, attention_mask=None, token_type_ids=None)`` or ``model(batch_dict)`` takes torch
     tensors and returns the same structure (``EncoderOutput``, dict of logits, ...) with torch tensors.
     Inputs the graph does not use (token_type_ids of a model without segments) are dropped, as the
-    exporter dropped them.
+    exporter dropped them. ``like``: the PyTorch model it was exported from; attributes the ONNX model
+    lacks (``task``, ``decode``, ``config``...) are read from it, so a pipeline or an evaluation loop can
+    take the ONNX model in its place.
     """
 
-    def __init__(self, path: str | Path, *, num_threads: int | None = None, config: Any = None):
+    def __init__(self, path: str | Path, *, num_threads: int | None = None, config: Any = None,
+                 like: nn.Module | None = None):
         import onnxruntime as ort
 
         path = Path(path)
@@ -206,8 +209,15 @@ class OnnxRuntimeModel:
         self.spec = json.loads(meta[_META_KEY])
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
-        self.config = config
+        self.config = config if config is not None else getattr(like, "config", None)
         self.path = path
+        self._like = like
+
+    def __getattr__(self, name: str) -> Any:  # only called for attributes not found on self
+        like = self.__dict__.get("_like")
+        if like is None or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(like, name)
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, **unused: Any) -> Any:
         if isinstance(input_ids, dict):  # the tasks models' calling convention: one batch dict

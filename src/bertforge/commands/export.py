@@ -12,12 +12,15 @@ a difference above --atol is an error. --quantize int8 adds ONNX Runtime's dynam
 outputs move. The output directory also gets the model's config and tokenizer files, so it is
 self-contained for serving or `bertforge evaluate`.
 
-What is exported (--head): "encoder" = the bare encoder (last_hidden_state, pooler_output); "mlm" =
-encoder + masked-LM head (logits); "auto" = mlm when the checkpoint has an MLM head, else the encoder.
+What is exported (--head): "task" = a fine-tuned directory's model with its head (logits; start/end
+logits for QA); "encoder" = the bare encoder (last_hidden_state, pooler_output); "mlm" = encoder +
+masked-LM head (mlm_logits); "auto" = task for a fine-tuned directory, else mlm when the checkpoint has
+an MLM head, else the encoder. Load the result with bertforge.export.OnnxRuntimeModel(path,
+like=torch_model) to run pipelines or evaluation on it.
 
 examples:
-  bertforge export runs/minilm --output exported/minilm
-  bertforge export runs/minilm --output exported/minilm --quantize int8 --head encoder
+  bertforge export runs/ner-model --output exported/ner-model --quantize int8
+  bertforge export runs/minilm --output exported/minilm --head encoder
 """
 
 
@@ -25,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="model directory (bertforge or transformers layout)")
     p.add_argument("--output", "-o", required=True, help="directory to write model.onnx (and model.int8.onnx) into")
     p.add_argument("--format", choices=["onnx"], default="onnx", help="export format (default: onnx)")
-    p.add_argument("--head", choices=["auto", "encoder", "mlm"], default="auto", help="what to export (default: auto)")
+    p.add_argument("--head", choices=["auto", "task", "encoder", "mlm"], default="auto", help="what to export (default: auto)")
     p.add_argument("--quantize", choices=["int8"], help="also write an int8 dynamically quantized model")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
     p.add_argument("--atol", type=float, default=1e-4, help="largest |ONNX - PyTorch| accepted (default: 1e-4)")
@@ -81,7 +84,13 @@ def run(args: argparse.Namespace) -> int:
 
 def _load(source, head: str):
     from ..auto import AutoModel, AutoModelForMaskedLM
+    from ..errors import BertforgeError
+    from ..finetune.store import is_task_directory, load_task_model
 
+    if head in ("auto", "task") and is_task_directory(source):
+        return load_task_model(source)[0]
+    if head == "task":
+        raise BertforgeError(f"{source}: --head task needs a fine-tuned directory (with task.json)")
     if head == "encoder":
         return AutoModel.from_pretrained(source)
     model = AutoModelForMaskedLM.from_pretrained(source)
