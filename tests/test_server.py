@@ -176,7 +176,8 @@ def test_unserved_task_and_api_key():
     app = create_app({"embed": Fake(embed)}, settings=ServeSettings(api_key="s3cret"), model_name="tiny")
     with ServerThread(app) as url, httpx.Client(base_url=url) as c:
         r = c.post("/v1/embed", json={"inputs": "x"})
-        assert r.status_code == 401 and "API key" in r.text
+        assert r.status_code == 401 and "API key" in r.text and r.headers["www-authenticate"] == "Bearer"
+        assert c.post("/v1/embed", content=b"{not json").status_code == 401  # nothing parsed before the key
         assert c.post("/v1/embed", json={"inputs": "x"}, headers={"X-API-Key": "wrong"}).status_code == 401
         assert c.post("/v1/embed", json={"inputs": "x"}, headers={"X-API-Key": "s3cret"}).status_code == 200
         assert c.post("/v1/embed", json={"inputs": "x"}, headers={"Authorization": "Bearer s3cret"}).status_code == 200

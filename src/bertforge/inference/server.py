@@ -4,7 +4,7 @@ Endpoints (each present when the served model can do the task; ``GET /v1/info`` 
 
     POST /v1/fill-mask   {"inputs": str | [str], "top_k": 5}
     POST /v1/embed       {"inputs": str | [str]}
-    POST /v1/classify    {"inputs": str | [str], "top_k": null}
+    POST /v1/classify    {"inputs": str | {"text", "text_pair"} | [...], "top_k": null}
     POST /v1/ner         {"inputs": str | [str]}
     POST /v1/qa          {"inputs": {"question", "context"} | [...], "top_k": 1}
     -> {"results": [one result per input, in order]}
@@ -39,7 +39,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from ..errors import BertforgeError
 from .batching import BatcherMetrics, MicroBatcher, QueueFull, ShuttingDown
@@ -126,8 +126,8 @@ class Results(BaseModel):
 # ---- tasks -----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Task:
-    """One endpoint: its request schema, how a request becomes pipeline inputs and call options, and
-    the pipeline task it needs."""
+    """One endpoint: its request schema, the pipeline call options a request carries, and the pipeline
+    task it needs."""
 
     name: str  # URL segment: /v1/<name>
     pipeline_task: str
@@ -234,11 +234,13 @@ def _batch_function(pipeline: Any) -> Callable[[list[Any]], list[Any]]:
 # ---- the edge: metrics, body limit and UTF-8, before FastAPI parses anything ----------------------
 class _Edge:
     """ASGI middleware. Counts every response by path and status and times it; buffers a POST body up to
-    ``limit`` bytes (413 beyond, without reading the rest) and rejects bodies that are not UTF-8 (400),
-    then replays the body to the app. Plain ASGI rather than BaseHTTPMiddleware: no extra task per request."""
+    ``limit`` bytes (413 beyond, keeping nothing past the limit) and rejects bodies that are not UTF-8
+    (400), then replays the body to the app. Plain ASGI rather than BaseHTTPMiddleware: no extra task
+    per request."""
 
-    def __init__(self, app: Any, limit: int, requests: Counter, latency: Histogram, paths: set[str]):
+    def __init__(self, app: Any, limit: int, requests: Counter, latency: Histogram, paths: set[str], api_key: str | None):
         self.app, self.limit, self.requests, self.latency, self.paths = app, limit, requests, latency, paths
+        self.api_key = api_key
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
@@ -254,13 +256,26 @@ class _Edge:
             await send(message)
 
         try:
-            if scope["method"] == "POST":
+            if self.api_key is not None and scope["path"].startswith("/v1/") and scope["path"] != "/v1/info" \
+                    and not self._authorized(scope):
+                await _plain_error(send_observed, 401, "missing or wrong API key; send it in the X-API-Key header",
+                                   [(b"www-authenticate", b"Bearer")])
+            elif scope["method"] == "POST":
                 await self._post(scope, receive, send_observed)
             else:
                 await self.app(scope, receive, send_observed)
         finally:
             self.requests.labels(path, str(status)).inc()
             self.latency.labels(path).observe(time.perf_counter() - start)
+
+    def _authorized(self, scope: dict) -> bool:
+        """Checked before the body is read: an unauthenticated client gets nothing parsed for it."""
+        headers = dict(scope.get("headers") or [])
+        given = headers.get(b"x-api-key", b"")
+        auth = headers.get(b"authorization", b"")
+        if not given and auth[:7].lower() == b"bearer ":
+            given = auth[7:].strip()
+        return secrets.compare_digest(given, self.api_key.encode())
 
     async def _post(self, scope: dict, receive: Callable, send: Callable) -> None:
         declared = dict(scope.get("headers") or []).get(b"content-length", b"")
@@ -299,11 +314,11 @@ class _Edge:
         await self.app(scope, replay, send)
 
 
-async def _plain_error(send: Callable, status: int, message: str) -> None:
+async def _plain_error(send: Callable, status: int, message: str, headers: list | None = None) -> None:
     body = json.dumps({"detail": message}).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
+                            (b"connection", b"close"), *(headers or [])]})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -401,22 +416,10 @@ def create_app(
         summary = "; ".join(messages[:5])
         return JSONResponse({"detail": errors, "message": summary}, status_code=422)
 
-    app.add_middleware(_Edge, limit=settings.max_body_bytes, requests=requests, latency=latency, paths=known_paths)
+    app.add_middleware(_Edge, limit=settings.max_body_bytes, requests=requests, latency=latency, paths=known_paths,
+                       api_key=settings.api_key)
 
-    def check_key(request: Request) -> None:
-        key = settings.api_key
-        if key is None:
-            return
-        given = request.headers.get("x-api-key") or ""
-        auth = request.headers.get("authorization") or ""
-        if auth.lower().startswith("bearer "):
-            given = given or auth[7:].strip()
-        if not secrets.compare_digest(given.encode(), key.encode()):
-            raise HTTPError(401, "missing or wrong API key; send it in the X-API-Key header",
-                            {"WWW-Authenticate": "Bearer"})
-
-    async def run_task(task: Task, req: Any, request: Request) -> dict:
-        check_key(request)
+    async def run_task(task: Task, req: Any) -> dict:
         items = _inputs(task, req, settings, mask_token)
         options = tuple(sorted(task.options(req).items()))
         try:
@@ -464,14 +467,12 @@ def create_app(
 
 
 def _add_route(app: FastAPI, task: Task, run_task: Callable) -> None:
-    schema = task.schema
+    async def endpoint(req):
+        return await run_task(task, req)
 
-    async def endpoint(req, request):
-        return await run_task(task, req, request)
-
-    # Set, not written, annotations: FastAPI reads the body schema from them and ``schema`` is local.
-    endpoint.__annotations__ = {"req": schema, "request": Request, "return": dict}
-
+    # Set, not written, annotations: FastAPI reads the body schema from them and ``task.schema`` is
+    # only known here.
+    endpoint.__annotations__ = {"req": task.schema, "return": dict}
     app.post(f"/v1/{task.name}", summary=task.summary, response_model=Results, name=task.name)(endpoint)
 
 
