@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -148,6 +149,7 @@ def main() -> None:
         hf_plain = DataCollatorForLanguageModeling(hf_tok, seed=0)
         hf_wwm = DataCollatorForLanguageModeling(hf_tok, whole_word_mask=True, seed=0)
     results: dict = {}
+    load_before = os.getloadavg()[0]
     for length in (128, 512):
         ours, theirs = sequences(tok_dir, length, BATCH * args.batches)
         wwm = Masker(MASKING["wwm"], hf_tok.vocab_size, special)
@@ -183,7 +185,8 @@ def main() -> None:
     out = {
         "benchmark": "masking", "batch_size": BATCH, "repeats": args.repeats, "batches_per_pass": args.batches,
         "transformers": transformers.__version__, "torch": torch.__version__, "numpy": np.__version__,
-        "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, torch threads {torch.get_num_threads()}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}",
+        "load_average": [round(load_before, 1), round(os.getloadavg()[0], 1)],  # 1-minute, at start and end
         "results": results,
     }
     path = ROOT / "benchmarks" / "results" / "masking.json"
@@ -215,7 +218,9 @@ def write_table(out: dict) -> None:
         f"| {100 * r['512']['masking_share_of_step']:.2f}% |",
         "",
         f"Batch {out['batch_size']}, medians of {out['repeats']} passes of {out['batches_per_pass']} batches; "
-        f"transformers {out['transformers']}, torch {out['torch']}, numpy {out['numpy']}; {out['machine']}.",
+        f"transformers {out['transformers']}, torch {out['torch']}, numpy {out['numpy']}; {out['machine']}; "
+        f"load average {out['load_average'][0]} at the start, {out['load_average'][1]} at the end (a shared "
+        "machine: absolute rates and step times are lower than on an idle one, ratios come from the same run).",
     ]
     doc = ROOT / "docs" / "masking.md"
     text = doc.read_text()
