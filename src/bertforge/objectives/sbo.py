@@ -35,7 +35,7 @@ class SBOObjective(HeadObjective):
         if relative.numel() and int(relative.max()) >= longest:
             raise BertforgeError(
                 f"objective 'sbo': span_position {int(relative.max())} is outside the head's table of "
-                f"{longest} positions; clip spans at max_span_length={longest} in the masking config"
+                f"{longest} positions; set MaskingConfig.sbo_max_targets <= {longest}"
             )
         logits = self.model.sbo(left, right, relative, self.model.embedding_weight)  # [N, V]
         loss, accuracy = classification_loss(logits, batch["mlm_labels"][inside])
