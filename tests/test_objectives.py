@@ -173,7 +173,7 @@ def test_sbo_rejects_positions_beyond_the_head_table():
     model = PretrainingModel(TINY, heads=("mlm", "sbo"))
     batch = make_batch()
     batch["span_position"] = batch["span_position"].masked_fill(batch["span_position"] == 2, 10)
-    with pytest.raises(BertforgeError, match="max_span_length=10"):
+    with pytest.raises(BertforgeError, match="sbo_max_targets <= 10"):
         SBOObjective(model)(batch)
 
 
