@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -212,9 +213,14 @@ def build_streams(spec: PretrainSpec, store, tokenizer, seed: int, eval_batches:
         warnings.warn(f"corpus store {spec.corpus} has no validation documents: no held-out evaluation")
         return train, None
     held_out = make.build(store, "validation", seed + 1)
-    if len(held_out) == 0:
+    # Under torchrun every process reads whole eval batches and keeps its share of rows: a multiple of the
+    # world size, so the split is even.
+    world = world_size()
+    eval_batch = min(data.batch_size, len(held_out)) // world * world
+    if eval_batch == 0:
+        warnings.warn(f"corpus store {spec.corpus}: {len(held_out)} held-out sequences are too few for "
+                      f"{world} processes: no held-out evaluation")
         return train, None
-    eval_batch = min(data.batch_size, len(held_out))
 
     def eval_factory():
         # a fresh pass over the same held-out batches each time: same sequences, same masks
@@ -243,14 +249,29 @@ def exporter(objective, tokenizer, spec: PretrainSpec):
     return export
 
 
+def world_size() -> int:
+    """Processes training together: torchrun's WORLD_SIZE (1 outside torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def pretrain(spec: PretrainSpec, run_dir: str | Path, resume: bool = False, progress_bar: bool = True):
     """Run (or resume) a pretraining run; returns the loop's TrainResult."""
+    from .train.checkpoint import seed_everything
     from .train.loop import Trainer
 
+    data = from_mapping(DataConfig, spec.data, "--set")
+    world = world_size()
+    if data.batch_size % world:
+        # The stream yields global micro-batches and each process trains on its contiguous share of rows.
+        raise BertforgeError(f"batch_size={data.batch_size} cannot be split evenly over {world} processes; "
+                             f"use a multiple of {world}")
     store = open_corpus(spec)
     tokenizer = load_tokenizer(spec, store)
     config = build_model_config(spec, store)
     tcfg = train_config(spec)
+    # The same initial weights in every run of this spec and on every rank (the Trainer then seeds process r
+    # with seed + r for dropout and sampling); a resumed run overwrites them from its checkpoint.
+    seed_everything(tcfg.seed)
     objective = build_objective(spec, config)
     train_stream, eval_factory = build_streams(spec, store, tokenizer, tcfg.seed, tcfg.eval_batches)
     trainer = Trainer(objective, train_stream, eval_factory, tcfg, run_dir, resume=resume,
@@ -259,15 +280,26 @@ def pretrain(spec: PretrainSpec, run_dir: str | Path, resume: bool = False, prog
     return trainer.train()
 
 
-def spec_from_run(run_dir: str | Path) -> PretrainSpec:
+def spec_from_run(run_dir: str | Path, assignments: list[str] | None = None) -> PretrainSpec:
+    """The spec RUN_DIR was made from, with ``--set`` train/data changes on top (e.g. a larger max_steps to
+    extend a finished run). Model settings cannot change: the checkpoint fixes the architecture."""
     path = Path(run_dir) / "config.json"
     try:
-        data = json.loads(path.read_text())["pretrain"]
+        spec = PretrainSpec(**json.loads(path.read_text())["pretrain"])
     except FileNotFoundError:
         raise BertforgeError(f"{path} does not exist: {run_dir} is not a bertforge pretraining run") from None
-    except (KeyError, json.JSONDecodeError) as exc:
+    except (KeyError, TypeError, json.JSONDecodeError) as exc:
         raise BertforgeError(f"{path}: not a pretraining run config ({exc})") from None
-    return PretrainSpec(**data)
+    if not assignments:
+        return spec
+    routed = split_settings(parse_assignments(assignments), "--set")
+    if routed["model"]:
+        raise BertforgeError(f"--resume: model setting {next(iter(routed['model']))!r} cannot change; the "
+                             f"checkpoint fixes the architecture (only train. and data. settings may change)")
+    spec = dataclasses.replace(spec, train={**spec.train, **routed["train"]}, data={**spec.data, **routed["data"]})
+    train_config(spec)
+    from_mapping(DataConfig, spec.data, "--set")
+    return spec
 
 
 # ---- the demo's main job ---------------------------------------------------------------------------

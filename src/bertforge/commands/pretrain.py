@@ -18,6 +18,7 @@ examples:
   bertforge pretrain --recipe albert --corpus wiki.store --out runs/albert --set embedding_size=64 lr=1e-3
   bertforge pretrain --recipe bert --corpus med.store --init ./bert-base-chinese --out runs/med   # continue
   bertforge pretrain --resume runs/rwe                                                         # exact resume
+  bertforge pretrain --resume runs/rwe --set max_steps=20000                                   # extend a run
   torchrun --nproc_per_node 2 -m bertforge pretrain --recipe bert --corpus pd.store --out runs/ddp
 """
 
@@ -33,7 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher", metavar="DIR", default="", help="distilbert: the teacher checkpoint directory")
     p.add_argument("--config", metavar="FILE.yaml", help="settings file (model:, train:, data: or flat keys)")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override settings, e.g. lr=3e-4")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its last complete checkpoint")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue RUN_DIR from its last complete checkpoint (--set may change train./data. "
+                        "settings, e.g. max_steps to extend it)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl)")
 
 
@@ -42,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from ..pretrain import make_spec, pretrain, spec_from_run
 
     if args.resume:
-        spec = spec_from_run(args.resume)
+        spec = spec_from_run(args.resume, args.set)
         result = pretrain(spec, args.resume, resume=True, progress_bar=not args.no_progress)
         run_dir = args.resume
     else:
