@@ -7,6 +7,7 @@ A store is a directory (docs/corpus.md has the full story)::
     sent_offsets.bin  int64 [S+1]                               sentence s = tokens[off[s]:off[s+1]]
     doc_offsets.bin   int64 [D+1]                               document d = sentences off[d]:off[d+1]
     doc_split.bin     uint8 [D]                                 0 = train, 1 = validation
+    tokenizer/        a copy of the tokenizer the store was built with (training finds it there)
     manifest.json     written last: tokenizer fingerprint, sizes, counts, sources + checksums, build report
 
 ``build_corpus`` streams: the main process reads and chunks the input (bertforge.data.sources), worker
@@ -210,6 +211,9 @@ def build_corpus(
             raise BertforgeError(f"no text found in {', '.join(s.name for s in srcs)} (see the warnings above)")
         report.counts["empty_documents"] += writer.empty_docs
         split = split_documents(writer.num_docs, validation_fraction, seed)
+        # The store carries its tokenizer: training finds it without being told, and a model exported from
+        # the run ships with exactly the tokenizer its ids came from.
+        tok.save_pretrained(tmp / "tokenizer")
         sha = dict(writer.sha256, **{"doc_split.bin": _write_array(tmp / "doc_split.bin", split)})
         manifest = {
             "format": FORMAT,
