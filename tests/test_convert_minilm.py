@@ -35,6 +35,7 @@ def batch():
     return encoded
 
 
+@pytest.mark.slow
 def test_minilm_matches_transformers(batch):
     ours = AutoModel.from_pretrained(MODEL_DIR)
     theirs = transformers.AutoModel.from_pretrained(MODEL_DIR).eval()

@@ -46,6 +46,7 @@ def test_preset_count_is_close_to_the_paper(name):
     assert abs(millions - PAPER[name][0]) / PAPER[name][0] < 0.06
 
 
+@pytest.mark.slow
 def test_info_lists_every_preset_with_its_count(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
