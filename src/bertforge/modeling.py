@@ -9,6 +9,9 @@ One post-LN Transformer encoder (Devlin et al., 2019) serves the whole family. W
   forward never branches on the sharing mode.
 
 Shapes: B batch, L sequence length, H hidden size, E embedding size, h heads, d = H / h head size.
+Rows packed with several sequences carry sequence numbers (1, 1, 2, 2, 0) in their [B, L] attention mask:
+attention becomes block-diagonal and positions restart per sequence, so no compute goes to padding and a
+packed sequence gets exactly the output it would get alone.
 Attention runs through ``F.scaled_dot_product_attention`` (the fast path) or a plain eager path that
 tests hold equal to it; NEZHA's value-side relative term needs the attention probabilities, so it always
 takes the eager path. q, k and v come from one fused H -> 3H projection (one GEMM instead of three);
@@ -222,7 +225,11 @@ class Encoder(nn.Module):
         c = self.config
         mask = None
         if attention_mask is not None:
-            if attention_mask.dim() == 2:  # [B, L] padding mask -> every query sees the same keys
+            if attention_mask.dim() == 2 and is_packed(attention_mask):
+                # [B, L] sequence numbers of packed rows -> block-diagonal [B, 1, L, L]: a token sees only its
+                # own sequence; padding (0) sees only padding, so no query row is empty (no NaN).
+                mask = (attention_mask[:, :, None] == attention_mask[:, None, :])[:, None]
+            elif attention_mask.dim() == 2:  # [B, L] padding mask -> every query sees the same keys
                 mask = attention_mask.bool()[:, None, None, :]
             elif attention_mask.dim() == 3:  # [B, L, L] per-query mask (packed sequences)
                 mask = attention_mask.bool()[:, None, :, :]
@@ -237,8 +244,13 @@ class Encoder(nn.Module):
             )
         return ctx
 
-    def default_position_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def default_position_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         c = self.config
+        if attention_mask is not None and attention_mask.dim() == 2 and is_packed(attention_mask):
+            position_ids = packed_position_ids(attention_mask)  # restart at 0 in every packed sequence
+            if c.position_offset:  # RoBERTa: real tokens from pad + 1, padding at pad
+                position_ids = torch.where(attention_mask > 0, position_ids + c.pad_token_id + 1, c.pad_token_id)
+            return position_ids
         if c.position_offset:
             return roberta_position_ids(input_ids, c.pad_token_id)
         return torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
@@ -246,13 +258,13 @@ class Encoder(nn.Module):
     def forward(
         self,
         input_ids: torch.Tensor,  # [B, L] int64
-        attention_mask: torch.Tensor | None = None,  # [B, L] 1 = real token, 0 = padding; or [B, L, L]
+        attention_mask: torch.Tensor | None = None,  # [B, L] 1 = real token, 0 = padding (packed: 1, 2, ...); or [B, L, L]
         token_type_ids: torch.Tensor | None = None,  # [B, L] segment ids
         position_ids: torch.Tensor | None = None,  # [B, L]; default 0..L-1 (RoBERTa: after the pad offset)
         output_hidden_states: bool = False,
     ) -> EncoderOutput:
         if position_ids is None:
-            position_ids = self.default_position_ids(input_ids)
+            position_ids = self.default_position_ids(input_ids, attention_mask)
         x = self.embeddings(input_ids, token_type_ids, position_ids)
         ctx = self.attention_context(input_ids, attention_mask, position_ids)
         hidden_states = [x] if output_hidden_states else None
@@ -280,6 +292,23 @@ class Encoder(nn.Module):
         from .convert.checkpoint import save_pretrained
 
         return save_pretrained(self, directory)
+
+
+def is_packed(attention_mask: torch.Tensor) -> bool:
+    """A [B, L] mask holding sequence numbers (1, 1, 2, 2, 2, 0) rather than 0/1: rows packed with several
+    sequences (bertforge.data.packing). Its nonzero entries are still the real tokens, so code that only
+    asks "is this padding?" reads it unchanged."""
+    return attention_mask.numel() > 0 and bool(attention_mask.max() > 1)
+
+
+def packed_position_ids(sequence_ids: torch.Tensor) -> torch.Tensor:
+    """[B, L] sequence numbers -> [B, L] positions counted from 0 at the start of each sequence (and of the
+    padding run)."""
+    b, n = sequence_ids.shape
+    idx = torch.arange(n, device=sequence_ids.device).expand(b, n)
+    starts = torch.ones_like(sequence_ids, dtype=torch.bool)
+    starts[:, 1:] = sequence_ids[:, 1:] != sequence_ids[:, :-1]
+    return idx - torch.cummax(torch.where(starts, idx, 0), dim=1).values
 
 
 def count_parameters(config: ModelConfig) -> int:

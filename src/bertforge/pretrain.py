@@ -40,6 +40,9 @@ class DataConfig:
     rtd_weight: float = 50.0
     # Pad each batch to a multiple of this many tokens (8 suits tensor cores and vector units).
     pad_to_multiple_of: int = 8
+    # Pack several sequences into each max_len row (data/packing.py): no compute on padding. MLM-style
+    # recipes only (NSP/SOP classify each row's [CLS]).
+    pack: bool = False
 
 
 @dataclass(frozen=True)
@@ -206,6 +209,8 @@ def build_streams(spec: PretrainSpec, store, tokenizer, seed: int, eval_batches:
     masker = build_masker(r, data, store, tokenizer)
     make = builder(r.builder, max_len=data.max_len)
     dupe = data.dupe_factor or r.dupe_factor
+    if data.pack:
+        return _packed_streams(spec, r, data, store, make, masker, seed, eval_batches)
     train = PretrainingStream(store, make, masker, data.batch_size, split="train", seed=seed,
                               static_masking=not r.dynamic, dupe_factor=dupe if not r.dynamic else 1,
                               pad_to_multiple_of=data.pad_to_multiple_of)
@@ -226,6 +231,30 @@ def build_streams(spec: PretrainSpec, store, tokenizer, seed: int, eval_batches:
         # a fresh pass over the same held-out batches each time: same sequences, same masks
         stream = PretrainingStream(store, make, masker, eval_batch, split="validation", seed=seed + 1,
                                    examples=held_out, pad_to_multiple_of=data.pad_to_multiple_of)
+        count = stream.batches_per_epoch if not eval_batches else min(eval_batches, stream.batches_per_epoch)
+        return itertools.islice(stream, count)
+
+    return train, eval_factory
+
+
+def _packed_streams(spec: PretrainSpec, r: Recipe, data: DataConfig, store, make, masker, seed: int,
+                    eval_batches: int):
+    """data.pack: packed train and held-out streams (data/packing.py); masks are drawn fresh every epoch."""
+    from .data.packing import PackedStream
+
+    if {"nsp", "sop"} & set(r.objectives):
+        raise BertforgeError(f"data.pack=true: recipe {spec.recipe!r} trains {'+'.join(r.objectives)}, which "
+                             "classifies each row's [CLS]; packing is for MLM-style recipes, set pack=false")
+    train = PackedStream(store, make, masker, data.batch_size, split="train", seed=seed, row_len=data.max_len)
+    if len(store.documents("validation")) == 0:
+        warnings.warn(f"corpus store {spec.corpus} has no validation documents: no held-out evaluation")
+        return train, None
+    held_out = make.build(store, "validation", seed + 1)
+    world = world_size()
+
+    def eval_factory():
+        stream = PackedStream(store, make, masker, data.batch_size // world * world or world, split="validation",
+                              seed=seed + 1, row_len=data.max_len, examples=held_out)
         count = stream.batches_per_epoch if not eval_batches else min(eval_batches, stream.batches_per_epoch)
         return itertools.islice(stream, count)
 
