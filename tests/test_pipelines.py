@@ -124,3 +124,23 @@ def test_fill_mask_whole_words_and_single_tokens(tmp_path):
     assert len(two) == 2 and all(len(c) == 2 for c in two) and isinstance(two[0][0]["token"], int)
     with pytest.raises(BertforgeError, match="has no \\[MASK\\]"):
         fill("no mask here")
+
+
+def test_predict_command_writes_one_line_per_input_and_names_bad_lines(tmp_path, capsys):
+    import json
+
+    from bertforge.cli import main
+
+    tok = tokenizer(tmp_path)
+    model = build_task_model(Encoder(tiny_config()), TaskConfig("pair", labels=("no", "yes")))
+    save_task_model(model, tok, tmp_path / "pair")
+    (tmp_path / "in.jsonl").write_text('{"text": "good", "text_pair": "fun"}\n{"text": \n"just text"\n')
+    code = main(["predict", "--model", str(tmp_path / "pair"), "--input", str(tmp_path / "in.jsonl"),
+                 "--output", str(tmp_path / "out.jsonl"), "--top-k", "1"])
+    assert code == 0
+    lines = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert len(lines) == 3 and len(lines[0]) == 1 and lines[0][0]["label"] in ("no", "yes")
+    assert lines[1]["line"] == 2 and "invalid JSON" in lines[1]["error"]
+    assert lines[2]["line"] == 3 and "text pairs" in lines[2]["error"]
+    assert "2 of 3 inputs could not be used" in capsys.readouterr().err
+    assert not list(tmp_path.glob(".out.jsonl.tmp"))

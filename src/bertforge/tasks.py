@@ -47,7 +47,7 @@ class TaskConfig:
 
     # classify: one text; pair: two texts; ner: tags per word; qa: extractive span; choice: multiple choice.
     task: Task
-    # Class names (classify/pair/choice: empty for choice) or the tag set (ner), in id order.
+    # Class names (classify, pair) or the tag set (ner), in id order; empty for qa and choice.
     labels: tuple[str, ...] = ()
     # Sentence vector: "cls" = the pooler output ([CLS] when the model has no pooler), "mean" = mean of tokens.
     pooling: Literal["cls", "mean"] = "cls"
@@ -57,7 +57,7 @@ class TaskConfig:
     crf: bool = False
     # Frozen-encoder feature mode: only the head (and the scalar mix) train.
     frozen: bool = False
-    # Tokens per sequence, special tokens included; longer inputs are truncated (QA: strided).
+    # Tokens per sequence, special tokens included; longer texts are truncated (NER: split, QA: strided).
     max_length: int = 128
     # QA: tokens of overlap between consecutive context windows.
     doc_stride: int = 32
@@ -78,6 +78,7 @@ class TaskConfig:
             raise BertforgeError("task 'ner' needs a tag set")
         if self.crf and self.task != "ner":
             raise BertforgeError("crf=True only applies to task 'ner'")
+        # 3 = [CLS] q [SEP] c [SEP]; a template with more specials is checked again when encoding.
         if self.task == "qa" and self.doc_stride >= self.max_length - self.max_question_length - 3:
             raise BertforgeError(
                 f"doc_stride={self.doc_stride} leaves no new context per window with max_length={self.max_length} "
@@ -85,7 +86,10 @@ class TaskConfig:
             )
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n")
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n")
+        tmp.replace(path)
 
     @classmethod
     def load(cls, path: str | Path) -> "TaskConfig":

@@ -46,7 +46,9 @@ def _parse(line: str):
 
 def run(args: argparse.Namespace) -> int:
     import json
+    import os
     import sys
+    from pathlib import Path
 
     from ..errors import BertforgeError
     from ..finetune.run import say
@@ -58,13 +60,15 @@ def run(args: argparse.Namespace) -> int:
     options = {} if args.top_k is None or pipe.task == "feature-extraction" else {"top_k": args.top_k}
     if args.input:
         try:
-            lines = open(args.input, encoding="utf-8").read().splitlines()
+            lines = Path(args.input).read_text(encoding="utf-8").splitlines()
         except OSError as exc:
             raise BertforgeError(f"{args.input}: cannot read ({exc.strerror})") from None
         where = args.input
     else:
         lines, where = args.texts, "argument"
-    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+    # --output is written under a temporary name and renamed when complete.
+    tmp = Path(args.output).with_name(f".{Path(args.output).name}.tmp") if args.output else None
+    out = open(tmp, "w", encoding="utf-8") if tmp else sys.stdout
     errors = 0
     try:
         for start in range(0, len(lines), args.batch_size):
@@ -87,8 +91,10 @@ def run(args: argparse.Namespace) -> int:
                 errors += "error" in results[n] if isinstance(results[n], dict) else 0
                 out.write(json.dumps(results[n], ensure_ascii=False) + "\n")
     finally:
-        if out is not sys.stdout:
+        if tmp:
             out.close()
+    if tmp:
+        os.replace(tmp, args.output)
     if errors:
         say(f"{errors} of {len(lines)} inputs could not be used (their lines say why)")
     return 1 if errors == len(lines) else 0
