@@ -104,3 +104,26 @@ def test_resume_extends_a_finished_run_and_refuses_model_changes(stores, tmp_pat
         assert main(["pretrain", "--no-progress", "--resume", str(tmp_path / "run"), "--set", "max_steps=4"]) == 0
     assert [r["step"] for r in records(tmp_path / "run", "train")] == [1, 2, 3, 4]
     assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["max_steps"] == 4
+
+
+@pytest.mark.slow
+def test_init_continues_from_a_checkpoint(stores, tmp_path, capsys):  # noqa: F811
+    """--init DIR starts from DIR's weights (lr 0 keeps them) with its architecture and tokenizer."""
+    base = ["--recipe", "bert", "--corpus", str(stores("wordpiece")), "--tokenizer", str(stores.root / "tok-wordpiece")]
+    quick = ["batch_size=8", "max_len=64", "eval_every=0", "eval_batches=1", "save_every_steps=0", "warmup_steps=1",
+             "max_steps=2"]
+    assert main(["pretrain", "--no-progress", *base, "--out", str(tmp_path / "a"), "--set", *TINY[:3], *quick]) == 0
+    init = tmp_path / "a" / "final"
+    assert main(["pretrain", "--no-progress", *base, "--init", str(init), "--out", str(tmp_path / "b"), "--set",
+                 *quick, "lr=0", "weight_decay=0"]) == 0
+    assert_bit_identical(load_file(init / "model.safetensors"), load_file(tmp_path / "b" / "final" / "model.safetensors"))
+    model = json.loads((tmp_path / "b" / "config.json").read_text())["model"]
+    assert (model["hidden_size"], model["intermediate_size"]) == (32, 64)  # the checkpoint's, not --size tiny's
+    capsys.readouterr()
+    assert main(["pretrain", *base, "--init", str(init), "--out", str(tmp_path / "c"), "--set", "num_heads=4"]) == 2
+    assert "architecture comes from the checkpoint" in capsys.readouterr().err
+    # a store built with another tokenizer than the checkpoint's is refused, with why
+    other = stores("chinese-char")
+    assert main(["pretrain", "--recipe", "bert", "--corpus", str(other), "--tokenizer",
+                 str(stores.root / "tok-chinese-char"), "--init", str(init), "--out", str(tmp_path / "d")]) == 2
+    assert "was built with tokenizer" in capsys.readouterr().err

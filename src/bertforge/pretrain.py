@@ -135,6 +135,9 @@ def load_tokenizer(spec: PretrainSpec, store) -> Any:
                              "--tokenizer DIR (the one the store was built with)")
     tokenizer = AutoTokenizer.from_pretrained(directory)
     store.check_tokenizer(tokenizer)
+    if spec.init and directory != spec.init and _has_tokenizer(Path(spec.init)):
+        # the checkpoint's ids must mean what the store's ids mean
+        store.check_tokenizer(AutoTokenizer.from_pretrained(spec.init))
     return tokenizer
 
 
@@ -192,6 +195,9 @@ def build_objective(spec: PretrainSpec, config: ModelConfig):
         return objectives.DistillationObjective(teacher, objectives.student_from_teacher(teacher))
     heads = objectives.required_heads(r.objectives)
     if spec.init:
+        if spec.model:
+            raise BertforgeError(f"--init {spec.init}: the architecture comes from the checkpoint; drop the model "
+                                 f"setting {next(iter(spec.model))!r}")
         from .auto import AutoModelForPreTraining
 
         model = AutoModelForPreTraining.from_pretrained(spec.init, heads=heads)
@@ -302,10 +308,18 @@ def pretrain(spec: PretrainSpec, run_dir: str | Path, resume: bool = False, prog
     # with seed + r for dropout and sampling); a resumed run overwrites them from its checkpoint.
     seed_everything(tcfg.seed)
     objective = build_objective(spec, config)
+    model_cfg = objective.model.config  # with --init or a teacher, the checkpoint's architecture
+    if model_cfg.vocab_size < store.vocab_size:
+        raise BertforgeError(f"the model has {model_cfg.vocab_size} token ids but the corpus store {spec.corpus} uses "
+                             f"{store.vocab_size}; build the store with the model's tokenizer")
+    positions = data.max_len + model_cfg.position_offset
+    if model_cfg.position_type == "absolute" and positions > model_cfg.max_position_embeddings:
+        raise BertforgeError(f"max_len={data.max_len} needs {positions} positions but the model has "
+                             f"{model_cfg.max_position_embeddings}; lower max_len")
     train_stream, eval_factory = build_streams(spec, store, tokenizer, tcfg.seed, tcfg.eval_batches)
     trainer = Trainer(objective, train_stream, eval_factory, tcfg, run_dir, resume=resume,
                       export_fn=exporter(objective, tokenizer, spec),
-                      run_info={"pretrain": spec.to_dict(), "model": config.to_dict()}, progress_bar=progress_bar)
+                      run_info={"pretrain": spec.to_dict(), "model": model_cfg.to_dict()}, progress_bar=progress_bar)
     return trainer.train()
 
 
