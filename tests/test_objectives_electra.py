@@ -16,7 +16,7 @@ NO_DROPOUT = TINY.replace(hidden_dropout=0.0, attention_dropout=0.0)
 @pytest.mark.parametrize(
     "discriminator,fraction,generator",
     [
-        ("electra-small-discriminator", 1 / 4, "electra-small-generator"),
+        ("electra-small-discriminator", 1.0, "electra-small-generator"),
         ("electra-base-discriminator", 1 / 3, "electra-base-generator"),
     ],
 )

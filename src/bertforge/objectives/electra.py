@@ -38,8 +38,8 @@ _EMBEDDING_FIELDS = ("vocab_size", "emb_size", "position_type", "max_position_em
 def generator_config(discriminator: ModelConfig, fraction: float = 0.25, num_layers: int | None = None) -> ModelConfig:
     """The generator's config: the discriminator's, with hidden size, heads and FFN width scaled by ``fraction``.
 
-    1/4 is the default (sec. 3.2: generators 1/4-1/2 the discriminator's size work best; the released small
-    and large generators are 1/4 of the width, base 1/3). The embedding width E stays the discriminator's, since the
+    1/4 is the default (sec. 3.2: generators 1/4-1/2 the discriminator's size work best; the released large
+    generator is 1/4 of the width, base 1/3, and the released small generator is full width (H=256)). The embedding width E stays the discriminator's, since the
     embeddings are shared; a generator with H != E gets its own E -> H projection. Depth is kept unless
     ``num_layers`` is given (the paper varies only width). The generator's MLM head uses erf GELU, as the
     released generators do.
