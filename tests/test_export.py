@@ -130,6 +130,7 @@ def test_export_command_writes_verified_fp32_and_int8(tmp_path, capsys):
     assert main(["export", str(tmp_path / "missing"), "-o", str(out)]) == 2
 
 
+@pytest.mark.slow
 def test_onnx_model_stands_in_for_a_task_model_in_its_pipeline(tmp_path):
     """``like=``: the NER pipeline (tokenize, forward, CRF decode, offsets) runs unchanged on ONNX Runtime."""
     from bertforge.data.tokenizer_train import train_tokenizer
@@ -154,6 +155,7 @@ def test_onnx_model_stands_in_for_a_task_model_in_its_pipeline(tmp_path):
         OnnxRuntimeModel(path).task
 
 
+@pytest.mark.slow
 def test_export_command_on_a_fine_tuned_directory(tmp_path):
     from bertforge.cli import main
     from bertforge.data.tokenizer_train import train_tokenizer

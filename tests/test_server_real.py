@@ -82,6 +82,7 @@ def close(a, b, path="result"):
         assert a == b, f"{path}: {a!r} != {b!r}"
 
 
+@pytest.mark.slow
 def test_load_pipelines_serves_what_each_directory_can_do(dirs):
     pipes, meta = load_pipelines(dirs["mlm"])
     assert list(pipes) == ["fill-mask", "embed"] and meta["mask_token"] == "[MASK]"
