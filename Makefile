@@ -14,6 +14,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# The CPU build of torch lies on this machine's disk; install it first so that the
 	# `torch>=2.4` range in pyproject is already satisfied (a plain `torch` pulls a CUDA build).
+	$(PIP) install -q --upgrade pip  # the venv's bundled pip resolves our dependency set several times slower
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e '.[dev]'
 	$(PIP) install -q --no-deps $(DATA_PKGS)
