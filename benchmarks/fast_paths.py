@@ -109,6 +109,107 @@ def inference(rounds: int, warmup: int, lengths: tuple[int, ...]) -> dict:
     return out
 
 
+def training(rounds: int, warmup: int, sizes: tuple[str, ...] = ("tiny", "small"), batch: int = 32) -> dict:
+    """Non-padding tokens/s of one MLM training step (forward, backward, AdamW) on the same 32 sequences of
+    realistic lengths: transformers BertForMaskedLM (eager, sdpa) padded to the longest; bertforge padded
+    fp32, packed fp32 and packed bf16 autocast."""
+    import transformers
+
+    from bertforge.data.packing import best_fit
+    from bertforge.heads import PretrainingModel
+    from bertforge.objectives.mlm import MLMObjective
+    from bertforge.recipes import model_config
+
+    rng = np.random.default_rng(0)
+    lengths = np.clip(rng.lognormal(np.log(60), 0.7, batch).astype(np.int64), 8, 128)
+    seqs = [rng.integers(1000, 30000, n) for n in lengths]
+    chosen = [rng.random(n) < 0.15 for n in lengths]
+    width = -(-int(lengths.max()) // 8) * 8
+    ids = torch.zeros(batch, width, dtype=torch.long)
+    mask, labels = torch.zeros_like(ids), torch.full_like(ids, -100)
+    for i, (s, c) in enumerate(zip(seqs, chosen)):
+        ids[i, :len(s)], mask[i, :len(s)] = torch.from_numpy(s), 1
+        labels[i, :len(s)][torch.from_numpy(c)] = torch.from_numpy(s[c])
+    row, offset = best_fit(lengths, 128)
+    rows = int(row.max()) + 1
+    pids, pnum, plab = torch.zeros(rows, 128, dtype=torch.long), torch.zeros(rows, 128, dtype=torch.long), \
+        torch.full((rows, 128), -100)
+    for i, (r, o) in enumerate(zip(row, offset)):
+        n = int(lengths[i])
+        pids[r, o:o + n], pnum[r, o:o + n], plab[r, o:o + n] = ids[i, :n], int((row[:i] == r).sum()) + 1, labels[i, :n]
+    padded = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids), "mlm_labels": labels}
+    packed = {"input_ids": pids, "attention_mask": pnum, "token_type_ids": torch.zeros_like(pids), "mlm_labels": plab}
+    real = int(lengths.sum())
+    out = {"padding_padded": 1 - real / ids.numel(), "padding_packed": 1 - real / pids.numel()}
+    for size in sizes:
+        config = model_config("bert", size, 30522)
+        torch.manual_seed(0)
+        ours = MLMObjective(PretrainingModel(config, heads=("mlm",))).train()
+        hf_config = transformers.BertConfig(vocab_size=30522, hidden_size=config.hidden_size,
+                                            num_hidden_layers=config.num_layers, num_attention_heads=config.num_heads,
+                                            intermediate_size=config.intermediate_size)
+        theirs = {impl: transformers.BertForMaskedLM._from_config(hf_config, attn_implementation=impl).train()
+                  for impl in ("eager", "sdpa")}
+
+        def step(model, call, bf16=False):
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+            def run():
+                with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+                    loss = call(model)
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            return run
+
+        calls = {f"transformers {k} fp32 padded": step(m, lambda m: m(input_ids=ids, attention_mask=mask,
+                                                                        labels=labels).loss)
+                 for k, m in theirs.items()}
+        calls["bertforge fp32 padded"] = step(ours, lambda m: m(padded)[0])
+        calls["bertforge fp32 packed"] = step(ours, lambda m: m(packed)[0])
+        calls["bertforge bf16 packed"] = step(ours, lambda m: m(packed)[0], bf16=True)
+        res = round_robin(calls, rounds, warmup)
+        # model FLOPs of the step: 3 x forward (forward + 2 x backward) on the real tokens, MLM head included
+        flops = 3 * (sum(encoder_flops(config, int(n)) for n in lengths)
+                     + 2 * sum(int(c.sum()) for c in chosen) * config.hidden_size * 30522)
+        base = res["transformers eager fp32 padded"]["median_ms"]
+        for v in res.values():
+            v["tokens_per_s"] = real / (v["median_ms"] / 1e3)
+            v["vs_transformers_eager"] = base / v["median_ms"]
+            v["gflops"] = flops / (v["median_ms"] / 1e3) / 1e9
+        out[size] = res
+    return out
+
+
+def compiled(rounds: int, warmup: int, length: int = 128) -> dict:
+    """torch.compile (inductor) against eager for BERT-base batch-1 inference, fp32 and bf16; compile
+    time reported apart (it is paid once per input shape)."""
+    from bertforge.config import PRESETS
+    from bertforge.inference.fast import prepare
+    from bertforge.modeling import Encoder
+
+    torch.manual_seed(0)
+    ids = torch.randint(1000, 20000, (1, length))
+    mask, types = torch.ones_like(ids), torch.zeros_like(ids)
+    calls, compile_s = {}, {}
+    for precision in ("fp32", "bf16"):
+        model = prepare(Encoder(PRESETS["bert-base"]), precision)
+        fast = torch.compile(model)
+        t = time.perf_counter()
+        with torch.inference_mode():
+            fast(ids, mask, types)
+        compile_s[precision] = time.perf_counter() - t
+        calls[f"bertforge {precision} eager"] = lambda m=model: m(ids, mask, types)
+        calls[f"bertforge {precision} compiled"] = lambda m=fast: m(ids, mask, types)
+    with torch.inference_mode():
+        res = round_robin(calls, rounds, warmup)
+    for precision in ("fp32", "bf16"):
+        res[f"bertforge {precision} compiled"]["compile_s"] = compile_s[precision]
+        res[f"bertforge {precision} compiled"]["vs_eager"] = (res[f"bertforge {precision} compiled"]["median_ms"]
+                                                             / res[f"bertforge {precision} eager"]["median_ms"])
+    return res
+
+
 def padding(seed: int = 0) -> dict:
     """Padding share of batches of realistic variable-length sequences (lognormal lengths, median ~60
     tokens, capped at 128): padded to the longest per batch of 32 vs packed by best fit."""
@@ -135,10 +236,31 @@ def markdown(r: dict) -> str:
         f"({peak['bf16'] / peak['fp32']:.1f}x).",
         f"- AMX: with `ONEDNN_VERBOSE=1` a bf16 nn.Linear runs oneDNN `{r['amx']}` (this oneDNN names the "
         "AMX ISA avx10_1_512_amx; older builds say avx512_core_amx).",
+        "- Using the fast paths: `--set pack=true` packs pretraining rows (MLM-style recipes; data/packing.py); "
+        "`--set precision=bf16` trains under bf16 autocast; `bertforge.inference.fast.prepare(model, 'bf16' | "
+        "'int8')` and `bucketed(...)` for inference (sorted by length, batched, returned in input order).",
         f"- Padding, realistic lengths (lognormal, median 60, max 128): padded to the longest of a batch of 32 "
         f"{r['padding']['padded_to_longest']:.1%}, packed (data/packing.py) {r['padding']['packed']:.2%}.",
         "",
     ]
+    tr = r["training"]
+    lines += [f"### MLM training step, 32 sequences of realistic length (padding: {tr['padding_padded']:.0%} padded "
+              f"to the longest, {tr['padding_packed']:.1%} packed)", "",
+              "| size | system | median ms | IQR ms | non-padding tok/s | speedup vs transformers eager | MFU |",
+              "|---|---|---:|---:|---:|---:|---:|"]
+    for size in ("tiny", "small"):
+        for name, v in tr.get(size, {}).items():
+            p = peak["bf16"] if "bf16" in name else peak["fp32"]
+            lines.append(f"| {size} | {name} | {v['median_ms']:.0f} | {v['iqr_ms']:.0f} | {v['tokens_per_s']:,.0f} | "
+                         f"{v['vs_transformers_eager']:.2f}x | {v['gflops'] / p:.0%} |")
+    lines.append("")
+    if r.get("compile"):
+        lines += ["### torch.compile, BERT-base inference, batch 1, length 128", "",
+                  "| system | median ms | IQR ms | compiled / eager | compile time s |", "|---|---:|---:|---:|---:|"]
+        for name, v in r["compile"].items():
+            lines.append(f"| {name} | {v['median_ms']:.1f} | {v['iqr_ms']:.1f} | "
+                         f"{v.get('vs_eager', 1):.2f} | {v.get('compile_s', 0):.0f} |")
+        lines.append("")
     for length, res in r["inference"].items():
         lines += [f"### BERT-base inference, batch 1, length {length} (median of {next(iter(res.values()))['runs']} runs)",
                   "", "| system | median ms | IQR ms | vs transformers eager fp32 | GFLOP/s | MFU (own precision peak) |",
@@ -168,6 +290,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads (default: one per usable core)")
+    parser.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile rows")
     args = parser.parse_args()
     from bertforge.inference.fast import set_threads
 
@@ -177,6 +300,8 @@ def main() -> None:
         "load": round(os.getloadavg()[0], 1), "torch": torch.__version__,
         "peak_gflops": matmul_peak(args.rounds), "amx": amx_check(), "padding": padding(),
         "inference": inference(args.rounds, args.warmup, (128, 12)),
+        "training": training(max(3, args.rounds // 2), 1),
+        "compile": compiled(args.rounds, args.warmup) if args.compile else {},
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     tmp = RESULTS.with_suffix(".json.tmp")
