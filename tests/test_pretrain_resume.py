@@ -116,7 +116,8 @@ def test_init_continues_from_a_checkpoint(stores, tmp_path, capsys):  # noqa: F8
     init = tmp_path / "a" / "final"
     assert main(["pretrain", "--no-progress", *base, "--init", str(init), "--out", str(tmp_path / "b"), "--set",
                  *quick, "lr=0", "weight_decay=0"]) == 0
-    assert_bit_identical(load_file(init / "model.safetensors"), load_file(tmp_path / "b" / "final" / "model.safetensors"))
+    assert_bit_identical(load_file(init / "model.safetensors"),
+                         load_file(tmp_path / "b" / "final" / "model.safetensors"))
     model = json.loads((tmp_path / "b" / "config.json").read_text())["model"]
     assert (model["hidden_size"], model["intermediate_size"]) == (32, 64)  # the checkpoint's, not --size tiny's
     capsys.readouterr()
