@@ -100,6 +100,8 @@ def test_resume_extends_a_finished_run_and_refuses_model_changes(stores, tmp_pat
     assert main(["pretrain", "--no-progress", "--resume", str(tmp_path / "run"), "--set", "hidden_size=64"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "'hidden_size' cannot change" in err[0]
+    assert main(["pretrain", "--resume", str(tmp_path / "run"), "--recipe", "roberta"]) == 2
+    assert "drop --recipe" in capsys.readouterr().err
     with pytest.warns(UserWarning, match="max_steps 2 -> 4"):
         assert main(["pretrain", "--no-progress", "--resume", str(tmp_path / "run"), "--set", "max_steps=4"]) == 0
     assert [r["step"] for r in records(tmp_path / "run", "train")] == [1, 2, 3, 4]

@@ -45,6 +45,11 @@ def run(args: argparse.Namespace) -> int:
     from ..pretrain import make_spec, pretrain, spec_from_run
 
     if args.resume:
+        extra = [f"--{n}" for n in ("recipe", "corpus", "out", "config", "tokenizer", "init", "teacher")
+                 if getattr(args, n)]
+        if extra:
+            raise BertforgeError(f"--resume takes the run's own settings from {args.resume}/config.json; drop "
+                                 f"{', '.join(extra)} (only --set may change train. and data. settings)")
         spec = spec_from_run(args.resume, args.set)
         result = pretrain(spec, args.resume, resume=True, progress_bar=not args.no_progress)
         run_dir = args.resume
