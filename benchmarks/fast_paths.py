@@ -239,6 +239,7 @@ def markdown(r: dict) -> str:
         "- Using the fast paths: `--set pack=true` packs pretraining rows (MLM-style recipes; data/packing.py); "
         "`--set precision=bf16` trains under bf16 autocast; `bertforge.inference.fast.prepare(model, 'bf16' | "
         "'int8')` and `bucketed(...)` for inference (sorted by length, batched, returned in input order).",
+        "- Reading these numbers: the peaks above were measured under the same load, so MFU is relative to a depressed peak; at batch 1 ONNX Runtime's spinning thread pool holds its cores better than torch's OpenMP threads on an oversubscribed machine, which inflates its lead. Re-run on an idle machine (`benchmarks/run_all.py --only fast_paths`) before reading absolute speed from this table.",
         f"- Padding, realistic lengths (lognormal, median 60, max 128): padded to the longest of a batch of 32 "
         f"{r['padding']['padded_to_longest']:.1%}, packed (data/packing.py) {r['padding']['packed']:.2%}.",
         "",
