@@ -330,7 +330,7 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 return None
             mask = batch.get("attention_mask")
-            tokens += mask.sum() if mask is not None else batch["input_ids"].numel()
+            tokens += mask.count_nonzero() if mask is not None else batch["input_ids"].numel()  # packed masks hold sequence numbers
             sync = i == accum - 1
             no_sync = self.model.no_sync() if self.dist.distributed and not sync else contextlib.nullcontext()
             with no_sync:
