@@ -20,7 +20,11 @@ by text (round-robin), so a change in the machine's load during the run falls on
 Then throughput and p50/p99 latency of the two servers with 1, 8 and 32 concurrent clients
 (``--concurrent-requests`` each). Every row runs in a process of its own (in-process rows time the call
 inside that process; HTTP rows time the round trip from this one); clients are keep-alive
-``http.client`` connections, one per thread. Everything shares this machine's cores,
+``http.client`` connections, one per thread. Every runtime gets ``--threads`` intra-op threads
+(default 1): on a small machine whose cores other jobs share, torch's two-thread OpenMP pool stalls at
+every operator whenever one of its threads is descheduled (measured here: transformers' MiniLM forward
+at 12 tokens took 0.9-1.8 s with two threads, 45 ms with one), which would measure the machine's
+load rather than the runtimes. Everything shares this machine's cores,
 so absolute numbers depend on the machine; ratios in the same run are the point.
 
     .venv/bin/python benchmarks/serving.py [--requests 1000] [--concurrent-requests 1000]
@@ -96,7 +100,7 @@ def summary(seconds: list[float]) -> dict:
 
 
 # ---- in-process runners ------------------------------------------------------------------------------
-def bertforge_pipeline(model_dir: Path, runtime: str = "torch", onnx_path: Path | None = None):
+def bertforge_pipeline(model_dir: Path, runtime: str = "torch", onnx_path: Path | None = None, threads: int = 1):
     """bertforge's feature-extraction pipeline; ``runtime`` swaps what runs the encoder (PyTorch fp32,
     torch.ao int8, or an ONNX Runtime session), so tokenization and pooling are the same code in every row."""
     from bertforge.export import OnnxRuntimeModel, quantize_torch
@@ -106,7 +110,7 @@ def bertforge_pipeline(model_dir: Path, runtime: str = "torch", onnx_path: Path 
     if runtime == "int8":
         pipe.encoder = quantize_torch(pipe.encoder)
     elif runtime == "onnx":
-        pipe = FeatureExtraction(OnnxRuntimeModel(onnx_path, config=pipe.encoder.config), pipe.tok)
+        pipe = FeatureExtraction(OnnxRuntimeModel(onnx_path, num_threads=threads, config=pipe.encoder.config), pipe.tok)
     return lambda text: pipe([text])
 
 
@@ -125,16 +129,19 @@ def transformers_runner(model_dir: Path):
 
 
 def _runner(spec: tuple):
-    kind, model_dir, *rest = spec
-    return transformers_runner(model_dir) if kind == "transformers" else bertforge_pipeline(model_dir, *rest)
+    kind, threads, model_dir, *rest = spec
+    torch.set_num_threads(threads)
+    if kind == "transformers":
+        return transformers_runner(model_dir)
+    return bertforge_pipeline(model_dir, *rest, threads=threads)
 
 
 def _serve_runner(conn, spec: tuple) -> None:
-    """Worker process: build the runner, then time each text it is sent, inside the process. Calls run
-    in one dedicated thread, as the bertforge server runs its model (torch's OpenMP pool behaves very
-    differently under CPU contention when driven from the main thread)."""
+    """Worker process: build the runner, then time each text it is sent, inside the process. Exactly as
+    in the bertforge server: the model is built in the main thread and called from one dedicated thread
+    (on this busy 2-core machine, other arrangements measured many times slower for the same code)."""
+    call = _runner(spec)
     model_thread = ThreadPoolExecutor(1)
-    call = model_thread.submit(_runner, spec).result()
     conn.send("ready")
 
     def timed(text: str) -> tuple[float, list[float]]:
@@ -300,12 +307,15 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1000, help="sequential requests per row and length")
     parser.add_argument("--concurrent-requests", type=int, default=1000, help="requests per concurrency level")
     parser.add_argument("--model", type=Path, default=None, help="model directory (default: all-MiniLM-L6-v2)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="intra-op threads of every runtime in every process (default: 1; see the module doc)")
     parser.add_argument("--naive-server", metavar="MODEL_DIR", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.naive_server:  # child process: run the baseline server
         import uvicorn
 
+        torch.set_num_threads(args.threads)
         uvicorn.run(naive_app(args.naive_server), host="127.0.0.1", port=args.port, log_level="warning")
         return
 
@@ -323,16 +333,18 @@ def main() -> None:
     fp32 = export_onnx(AutoModel.from_pretrained(model_dir), tmp / "model.onnx")
     int8 = quantize_onnx(fp32, tmp / "model.int8.onnx")
 
+    t = args.threads
     rows = {
-        "PyTorch fp32, in-process": lambda: Worker(("bertforge", model_dir)),
-        "PyTorch int8 (torch.ao dynamic), in-process": lambda: Worker(("bertforge", model_dir, "int8")),
-        "ONNX Runtime fp32, in-process": lambda: Worker(("bertforge", model_dir, "onnx", fp32)),
-        "ONNX Runtime int8, in-process": lambda: Worker(("bertforge", model_dir, "onnx", int8)),
-        "transformers fp32, in-process": lambda: Worker(("transformers", model_dir)),
+        "PyTorch fp32, in-process": lambda: Worker(("bertforge", t, model_dir)),
+        "PyTorch int8 (torch.ao dynamic), in-process": lambda: Worker(("bertforge", t, model_dir, "int8")),
+        "ONNX Runtime fp32, in-process": lambda: Worker(("bertforge", t, model_dir, "onnx", fp32)),
+        "ONNX Runtime int8, in-process": lambda: Worker(("bertforge", t, model_dir, "onnx", int8)),
+        "transformers fp32, in-process": lambda: Worker(("transformers", t, model_dir)),
         "bertforge server (HTTP, dynamic batching)": lambda: Server(
-            [sys.executable, "-m", "bertforge", "serve", str(model_dir), "--tasks", "embed", "--log-level", "warning"], "/v1/embed"),
+            [sys.executable, "-m", "bertforge", "serve", str(model_dir), "--tasks", "embed", "--log-level", "warning",
+             "--threads", str(t)], "/v1/embed"),
         "naive server (HTTP, FastAPI + transformers)": lambda: Server(
-            [sys.executable, __file__, "--naive-server", str(model_dir)], "/embed"),
+            [sys.executable, __file__, "--naive-server", str(model_dir), "--threads", str(t)], "/embed"),
     }
     result: dict = {"sequential": {str(n): {} for n in LENGTHS}, "concurrent": {}, "cosine_vs_pytorch_fp32": {}}
     started: dict = {}
@@ -377,7 +389,7 @@ def main() -> None:
 
     result["setup"] = {
         "model": "all-MiniLM-L6-v2 (6 layers, H=384)", "requests": args.requests,
-        "concurrent_requests": args.concurrent_requests, "torch": torch.__version__, "python": platform.python_version(),
+        "concurrent_requests": args.concurrent_requests, "threads": args.threads, "torch": torch.__version__, "python": platform.python_version(),
         "cpu_count": os.cpu_count(), "machine": platform.machine(), "load_average_at_start": load_at_start,
         "load_average_at_end": os.getloadavg(),
     }
@@ -385,7 +397,7 @@ def main() -> None:
     out.write_text(json.dumps(result, indent=2) + "\n")
     meta = (f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} CPU cores ({platform.machine()}), torch "
             f"{torch.__version__}, {args.requests} sequential requests per cell, {args.concurrent_requests} per "
-            f"concurrency level; 1-minute load average {load_at_start[0]:.1f} at the start, "
+            f"concurrency level, {args.threads} intra-op thread(s) per runtime; 1-minute load average {load_at_start[0]:.1f} at the start, "
             f"{os.getloadavg()[0]:.1f} at the end (other jobs shared the cores). "
             "Raw numbers: benchmarks/results/serving.json.")
     write_doc_tables(markdown(result), meta)
