@@ -145,10 +145,10 @@ def test_cli_run_and_exact_resume(stores, tmp_path):
     common = ["--recipe", "bert", "--corpus", store, "--tokenizer", tok, "--no-progress", "--set",
               "batch_size=8", "max_len=64", "eval_every=0", "eval_batches=1", "log_every=1", "warmup_steps=1",
               "hidden_size=32", "intermediate_size=64", "num_heads=2", "hidden_dropout=0.1"]
-    assert main(["pretrain", *common[:8], "--out", str(tmp_path / "a"), *common[8:], "max_steps=6",
-                 "save_every_steps=3"]) == 0
-    assert main(["pretrain", *common[:8], "--out", str(tmp_path / "b"), *common[8:], "max_steps=6",
-                 "save_every_steps=3"]) == 0
+    flags, settings = common[:8], common[8:]  # flags end with "--set"
+    for run in ("a", "b"):
+        assert main(["pretrain", "--out", str(tmp_path / run), *flags, *settings, "max_steps=6",
+                     "save_every_steps=3"]) == 0
     # b again, killed after step 3 is simulated by deleting its final checkpoint and resuming
     ckpts = sorted((tmp_path / "b" / "checkpoints").iterdir())
     import shutil
