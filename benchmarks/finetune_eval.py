@@ -190,6 +190,8 @@ def table(results: dict) -> str:
         "round-robin and see the same load).",
         "",
     ]
+    if results.get("note"):
+        lines += [results["note"], ""]
     if "minilm" in results:
         r = results["minilm"]
         m = r["metrics"]
