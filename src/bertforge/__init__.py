@@ -21,6 +21,7 @@ _LAZY = {
     "AutoModelForPreTraining": "bertforge.auto",
     "AutoTokenizer": "bertforge.data.tokenizers",
     "BertforgeError": "bertforge.errors",
+    "pipeline": "bertforge.inference.pipelines",
 }
 
 __all__ = sorted(_LAZY)
