@@ -82,7 +82,21 @@ class PretrainingCollator:
         return batch
 
 
-class PretrainingStream:
+class EpochCursor:
+    """Iteration shared by the pretraining streams: yield batch_at(epoch, position), then advance."""
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        return self
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        batch = self.batch_at(self.epoch, self.position)
+        self.position += 1
+        if self.position == self.batches_per_epoch:
+            self.epoch, self.position = self.epoch + 1, 0
+        return batch
+
+
+class PretrainingStream(EpochCursor):
     """An endless, resumable, rank-sharded stream of masked pretraining batches over a corpus store.
 
     >>> stream = PretrainingStream(store, SOPPairs(max_len=128), Masker.from_manifest(MASKING["wwm"],
@@ -135,16 +149,6 @@ class PretrainingStream:
         mask_round = entry // n if self.static_masking else np.full(len(entry), epoch)
         arrays = self.examples.batch(index, self.collator.pad_to_multiple_of)
         return self.collator.mask(arrays, mask_keys(self.seed, mask_round, index))
-
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        return self
-
-    def __next__(self) -> dict[str, torch.Tensor]:
-        batch = self.batch_at(self.epoch, self.position)
-        self.position += 1
-        if self.position == self.batches_per_epoch:
-            self.epoch, self.position = self.epoch + 1, 0
-        return batch
 
     def state_dict(self) -> dict[str, int]:
         """Where the stream is (the next batch it yields), plus what must match on resume."""

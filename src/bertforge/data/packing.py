@@ -22,6 +22,7 @@ import torch
 
 from ..errors import BertforgeError
 from .builders import Examples
+from .collate import EpochCursor
 from .masking import Masker, mask_keys
 
 
@@ -55,7 +56,7 @@ def best_fit(lengths: np.ndarray, capacity: int, window: int = 4096) -> tuple[np
     return row, offset
 
 
-class PackedStream:
+class PackedStream(EpochCursor):
     """Endless, resumable, rank-sharded stream of packed, masked pretraining batches (MLM-style recipes).
 
     Same interface as ``collate.PretrainingStream`` (``next``, ``batch_at``, ``state_dict``/``load_state_dict``,
@@ -119,16 +120,6 @@ class PackedStream:
         lo, hi = np.searchsorted(row, [position * self.batch_size, (position + 1) * self.batch_size])
         return pack_batch(self.examples, self.masker, seq[lo:hi], row[lo:hi] - position * self.batch_size,
                           offset[lo:hi], self.batch_size, self.row_len, mask_keys(self.seed, epoch, seq[lo:hi]))
-
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        return self
-
-    def __next__(self) -> dict[str, torch.Tensor]:
-        batch = self.batch_at(self.epoch, self.position)
-        self.position += 1
-        if self.position == self.batches_per_epoch:
-            self.epoch, self.position = self.epoch + 1, 0
-        return batch
 
     def padding_fraction(self, epoch: int = 0) -> float:
         """Share of the epoch's row slots (this rank) that hold padding."""
