@@ -53,32 +53,13 @@ def n(budget: int, scale: float) -> int:
 
 
 def run_task(name, task, model_dir, train, dev, test, budgets, settings, out, scale, lr, random_init, tokenizer=None):
-    from bertforge.finetune.evaluate import evaluate
-    from bertforge.finetune.run import finetune
-    from bertforge.finetune.store import load_task_model
-    from bertforge.taskdata import load
-    from bertforge.train import TrainConfig
+    from bertforge.finetune.run import finetune_and_test
 
     n_train, n_dev, n_test = (n(b, scale) for b in budgets)
-    # Without a validation split (OCNLI, CMRC) there is no model selection: the final model is scored.
-    summary = finetune(
-        task, model_dir, train, out, eval_spec=dev, tokenizer=tokenizer, options=settings["options"],
-        train=TrainConfig(lr=lr, warmup_ratio=0.1, keep_last=1, save_every_steps=0, log_every=50),
-        epochs=settings["epochs"], batch_size=32, patience=2, random_init=random_init, limit=n_train,
-        eval_limit=n_dev if dev else None, progress=False,
-    )
-    model, tok = load_task_model(out / ("best" if dev else "final"))
-    data = load(test, task, "test", n_test)
-    started = time.monotonic()
-    metrics, _, _ = evaluate(model, tok, data, batch_size=64)
-    return {
-        "task": name, "train_examples": n_train, "test_examples": len(data.examples),
-        "metrics": {k: v for k, v in metrics.items() if k != "examples"},
-        "finetune_seconds": summary["wall_seconds"], "steps": summary["steps"],
-        "seconds_per_step": summary["train_seconds"] / max(summary["steps"], 1),
-        "eval_seconds": round(time.monotonic() - started, 2), "stopped_by": summary["stopped_by"],
-        "parameters": summary["parameters"],
-    }
+    row = finetune_and_test(task, model_dir, train, test, out, eval_spec=dev, n_train=n_train, n_eval=n_dev,
+                            n_test=n_test, epochs=settings["epochs"], lr=lr, options=settings["options"],
+                            random_init=random_init, tokenizer=tokenizer)
+    return {"task": name, **row, "train_examples": n_train}
 
 
 def minilm(work: Path, scale: float, rounds: int) -> dict:

@@ -109,7 +109,7 @@ def test_settings_are_routed_and_checked():
     routed = split_settings({"lr": 1, "hidden_size": 64, "max_len": 32, "train.seed": 3,
                              "model": {"sharing": "all"}}, "x")
     assert routed == {"model": {"hidden_size": 64, "sharing": "all"}, "train": {"lr": 1, "seed": 3},
-                      "data": {"max_len": 32}}
+                      "data": {"max_len": 32}, "recipe": {}}
     with pytest.raises(BertforgeError, match="unknown key 'hiden_size'.*valid keys: .*model.hidden_size"):
         split_settings({"hiden_size": 3}, "--set")
     with pytest.raises(BertforgeError, match="unknown recipe 'bart'; valid recipes: bert"):
@@ -118,6 +118,29 @@ def test_settings_are_routed_and_checked():
         make_spec("bert", "x", size="huge")
     with pytest.raises(BertforgeError, match="lr"):
         make_spec("bert", "x", assignments=["lr=fast"])
+
+
+def test_recipe_settings_change_the_run(stores):
+    """recipe.* ablations reach the masker, the builder and the objectives; bad values are refused."""
+    from bertforge.pretrain import spec_recipe
+
+    assert split_settings({"recipe.dynamic": "false"}, "x")["recipe"] == {"dynamic": "false"}
+    with pytest.raises(BertforgeError, match="unknown key 'recipe.tokenizer'.*recipe.mask_unit"):
+        split_settings({"recipe.tokenizer": "bpe"}, "--set")
+    store = stores("wordpiece")
+    spec = make_spec("bert", str(store), assignments=["recipe.builder=doc-sentences", "recipe.objectives=mlm",
+                                                      "recipe.dynamic=true", "recipe.mask_unit=word"])
+    r = spec_recipe(spec)
+    assert (r.builder, r.objectives, r.dynamic, r.mask_unit) == ("doc-sentences", ("mlm",), True, "word")
+    assert spec_recipe(make_spec("bert", str(store))).objectives == ("mlm", "nsp")
+    for bad, message in [("recipe.dynamic=maybe", "expected true or false"),
+                         ("recipe.objectives=mlm,foo", "expected objectives from"),
+                         ("recipe.mask_unit=char", "expected one of token, word"),
+                         ("recipe.builder=pairs", "expected one of nsp")]:
+        with pytest.raises(BertforgeError, match=message):
+            make_spec("bert", str(store), assignments=[bad])
+    with pytest.raises(BertforgeError, match="cannot change"):
+        make_spec("electra", str(store), assignments=["recipe.objectives=mlm"])
 
 
 def test_cli_bad_input_one_line(tmp_path, capsys, stores):

@@ -58,6 +58,7 @@ class PretrainSpec:
     model: dict = field(default_factory=dict)  # ModelConfig overrides
     train: dict = field(default_factory=dict)  # TrainConfig overrides (on top of the recipe's optim)
     data: dict = field(default_factory=dict)  # DataConfig overrides
+    recipe_settings: dict = field(default_factory=dict)  # Recipe field changes (RECIPE_KEYS), e.g. ablations
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -65,6 +66,11 @@ class PretrainSpec:
 
 # ---- settings: recipe defaults < YAML file < --set ----------------------------------------------------
 _SECTIONS = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig}
+# Recipe fields a run may change (``--set recipe.dynamic=false``): the ablations the arena runs (static vs
+# dynamic masking, dropping NSP, whole-word vs token masking, [MASK] vs similar-word corruption). Always
+# prefixed: several names (model, tokenizer, dupe_factor) would be ambiguous bare. The number of static
+# copies is data.dupe_factor.
+RECIPE_KEYS = ("mask_unit", "ngram_probs", "corruption", "dynamic", "builder", "objectives")
 
 
 def split_settings(mapping: dict[str, Any], source: str) -> dict[str, dict[str, Any]]:
@@ -72,17 +78,24 @@ def split_settings(mapping: dict[str, Any], source: str) -> dict[str, dict[str, 
 
     Keys may be prefixed (``train.lr``) or bare (``lr``); a bare key must belong to exactly one section.
     A YAML file may also hold the sections as nested mappings."""
-    out: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
+    out: dict[str, dict[str, Any]] = {name: {} for name in (*_SECTIONS, "recipe")}
     names = {sec: {f.name for f in dataclasses.fields(cls)} for sec, cls in _SECTIONS.items()}
     for key, value in mapping.items():
-        if key in _SECTIONS and isinstance(value, dict):
+        if key in out and isinstance(value, dict):
             for sub, v in value.items():
                 out[key].update(split_settings({f"{key}.{sub}": v}, source)[key])
             continue
         section, _, bare = key.rpartition(".")
+        if section == "recipe":
+            if bare not in RECIPE_KEYS:
+                raise BertforgeError(f"{source}: unknown key {key!r}; a run may change the recipe's "
+                                     f"{', '.join('recipe.' + k for k in RECIPE_KEYS)}")
+            out["recipe"][bare] = value
+            continue
         owners = [section] if section else [s for s in _SECTIONS if bare in names[s]]
         if section and section not in _SECTIONS:
-            raise BertforgeError(f"{source}: unknown section {section!r} in {key!r}; use model., train. or data.")
+            raise BertforgeError(f"{source}: unknown section {section!r} in {key!r}; use model., train., data. or "
+                                 "recipe.")
         if not owners or bare not in names[owners[0]]:
             valid = sorted(f"{s}.{n}" for s in _SECTIONS for n in names[s])
             raise BertforgeError(f"{source}: unknown key {key!r}; valid keys: {', '.join(valid)}")
@@ -98,17 +111,61 @@ def make_spec(recipe: str, corpus: str, size: str = "tiny", config_file: str | N
     get_recipe(recipe)
     if size not in SIZES:
         raise BertforgeError(f"unknown --size {size!r}; valid sizes: {', '.join(SIZES)}")
-    settings = {name: {} for name in _SECTIONS}
+    settings: dict[str, dict] = {name: {} for name in (*_SECTIONS, "recipe")}
     if config_file:
         for sec, values in split_settings(read_yaml_mapping(config_file), str(config_file)).items():
             settings[sec].update(values)
     for sec, values in split_settings(parse_assignments(assignments), "--set").items():
         settings[sec].update(values)
     spec = PretrainSpec(recipe=recipe, corpus=str(corpus), size=size, **{k: v for k, v in paths.items() if v},
-                        model=settings["model"], train=settings["train"], data=settings["data"])
+                        model=settings["model"], train=settings["train"], data=settings["data"],
+                        recipe_settings=settings["recipe"])
+    spec_recipe(spec)
     train_config(spec)  # validate every value now, before any long work
     from_mapping(DataConfig, spec.data, "--set")
     return spec
+
+
+def spec_recipe(spec: PretrainSpec) -> Recipe:
+    """The run's recipe: the named one with ``spec.recipe_settings`` applied (checked, strings converted)."""
+    r = get_recipe(spec.recipe)
+    if not spec.recipe_settings:
+        return r
+    from .data.builders import BUILDERS
+    from .objectives import HEAD_OBJECTIVES
+
+    changes: dict[str, Any] = {}
+    for key, value in spec.recipe_settings.items():
+        where = f"recipe.{key}={value!r}"
+        if key not in RECIPE_KEYS:
+            raise BertforgeError(f"unknown recipe setting {key!r}; valid: {', '.join(RECIPE_KEYS)}")
+        if key in ("ngram_probs", "objectives"):
+            items = [x.strip() for x in value.replace("+", ",").split(",")] if isinstance(value, str) else list(value)
+            if key == "ngram_probs":
+                try:
+                    value = tuple(float(x) for x in items)
+                except ValueError:
+                    raise BertforgeError(f"{where}: expected comma-separated probabilities") from None
+            else:
+                value = tuple(items)
+                bad = [x for x in value if x not in HEAD_OBJECTIVES]
+                if bad or not value:
+                    raise BertforgeError(f"{where}: expected objectives from {', '.join(HEAD_OBJECTIVES)}")
+        elif key == "dynamic":
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise BertforgeError(f"{where}: expected true or false")
+                value = value.lower() in ("true", "1", "yes")
+            value = bool(value)
+        else:
+            valid = {"mask_unit": ("token", "word", "ngram", "span"), "corruption": ("mask", "similar"),
+                     "builder": tuple(BUILDERS)}[key]
+            if value not in valid:
+                raise BertforgeError(f"{where}: expected one of {', '.join(valid)}")
+        changes[key] = value
+    if r.objectives in (("electra",), ("distill",)) and "objectives" in changes:
+        raise BertforgeError(f"recipe {spec.recipe!r} builds its own models; recipe.objectives cannot change")
+    return dataclasses.replace(r, **changes)
 
 
 def train_config(spec: PretrainSpec) -> TrainConfig:
@@ -178,7 +235,7 @@ def build_objective(spec: PretrainSpec, config: ModelConfig):
     from . import objectives
     from .heads import PretrainingModel
 
-    r = get_recipe(spec.recipe)
+    r = spec_recipe(spec)
     data = from_mapping(DataConfig, spec.data, "--set")
     if r.objectives == ("electra",):
         if spec.init:
@@ -210,7 +267,7 @@ def build_streams(spec: PretrainSpec, store, tokenizer, seed: int, eval_batches:
     from .data.builders import builder
     from .data.collate import PretrainingStream
 
-    r = get_recipe(spec.recipe)
+    r = spec_recipe(spec)
     data = from_mapping(DataConfig, spec.data, "--set")
     masker = build_masker(r, data, store, tokenizer)
     make = builder(r.builder, max_len=data.max_len)
@@ -339,6 +396,8 @@ def spec_from_run(run_dir: str | Path, assignments: list[str] | None = None) -> 
     if routed["model"]:
         raise BertforgeError(f"--resume: model setting {next(iter(routed['model']))!r} cannot change; the "
                              f"checkpoint fixes the architecture (only train. and data. settings may change)")
+    if routed["recipe"]:
+        raise BertforgeError(f"--resume: recipe setting {next(iter(routed['recipe']))!r} cannot change mid-run")
     spec = dataclasses.replace(spec, train={**spec.train, **routed["train"]}, data={**spec.data, **routed["data"]})
     train_config(spec)
     from_mapping(DataConfig, spec.data, "--set")

@@ -11,11 +11,15 @@ accumulation and clipping, bf16 autocast, periodic held-out evaluation, atomic c
 resume, and a final model directory that transformers loads. Runs under torchrun unchanged (DDP).
 
 Settings come from the recipe, then --config FILE.yaml, then --set key=value (model., train. and data.
-keys; a bare key is found in whichever section has it). `bertforge recipes` lists the recipes.
+keys; a bare key is found in whichever section has it). recipe. keys change the recipe itself for an
+ablation: recipe.dynamic, recipe.mask_unit, recipe.corruption, recipe.builder, recipe.objectives,
+recipe.ngram_probs. `bertforge recipes` lists the recipes.
 
 examples:
   bertforge pretrain --recipe roberta-wwm-ext --corpus pd.store --out runs/rwe --size tiny --set max_minutes=10
   bertforge pretrain --recipe albert --corpus wiki.store --out runs/albert --set embedding_size=64 lr=1e-3
+  bertforge pretrain --recipe bert --corpus pd.store --out runs/no-nsp \
+      --set recipe.builder=doc-sentences recipe.objectives=mlm recipe.dynamic=true   # BERT without NSP
   bertforge pretrain --recipe bert --corpus med.store --init ./bert-base-chinese --out runs/med   # continue
   bertforge pretrain --resume runs/rwe                                                         # exact resume
   bertforge pretrain --resume runs/rwe --set max_steps=20000                                   # extend a run

@@ -249,7 +249,7 @@ def finetune(
     result = trainer.train()
     summary = {
         "task": task_cfg.task, "metric": metric, "stopped_by": "early_stopping" if getattr(trainer, "early_stopped", False)
-        else result.stopped_by, "steps": result.step, "train_seconds": round(result.elapsed, 2),
+        else result.stopped_by, "examples": len(train_data.examples), "steps": result.step, "train_seconds": round(result.elapsed, 2),
         "wall_seconds": round(time.monotonic() - started, 2), "trainable_parameters": trainable, "parameters": total,
         "skipped": {reason: n for reason, n in skips.counts.items()},
     }
@@ -261,3 +261,34 @@ def finetune(
     tmp.replace(out / "finetune.json")
     return summary
 
+
+
+def finetune_and_test(task: str, model_dir: str | Path, train_spec: str, test_spec: str, out: str | Path, *,
+                      eval_spec: str | None = None, n_train: int | None = None, n_eval: int | None = None,
+                      n_test: int | None = None, epochs: float = 2.0, batch_size: int = 32, lr: float = 5e-4,
+                      options: dict | None = None, random_init: bool = False, tokenizer: str | Path | None = None,
+                      seed: int = 0, patience: int = 2, progress: bool = False) -> dict:
+    """Fine-tune with model selection on ``eval_spec`` (when given), then score the selected model on the
+    first ``n_test`` examples of ``test_spec``: the protocol of the fine-tuning benchmark and the arena."""
+    from .store import load_task_model
+
+    out = Path(out)
+    summary = finetune(
+        task, model_dir, train_spec, out, eval_spec=eval_spec, tokenizer=tokenizer, options=options,
+        train=TrainConfig(lr=lr, warmup_ratio=0.1, keep_last=1, save_every_steps=0, log_every=50, seed=seed),
+        epochs=epochs, batch_size=batch_size, patience=patience, random_init=random_init, limit=n_train,
+        eval_limit=n_eval if eval_spec else None, progress=progress,
+    )
+    # Without a validation split (OCNLI, CMRC) there is no model selection: the final model is scored.
+    model, tok = load_task_model(out / ("best" if eval_spec else "final"))
+    data = load(test_spec, task, "test", n_test)
+    started = time.monotonic()
+    metrics, _, _ = evaluate(model, tok, data, batch_size=64)
+    return {
+        "train_examples": summary.get("examples", n_train), "test_examples": len(data.examples),
+        "metrics": {k: v for k, v in metrics.items() if k != "examples"},
+        "finetune_seconds": summary["wall_seconds"], "steps": summary["steps"],
+        "seconds_per_step": summary["train_seconds"] / max(summary["steps"], 1),
+        "eval_seconds": round(time.monotonic() - started, 2), "stopped_by": summary["stopped_by"],
+        "parameters": summary["parameters"],
+    }
