@@ -170,3 +170,38 @@ def test_export_command_on_a_fine_tuned_directory(tmp_path):
     assert OnnxRuntimeModel(tmp_path / "out" / "model.onnx").output_names == ["logits"]
     assert main(["export", str(tmp_path / "clf"), "-o", str(tmp_path / "out2"), "--head", "encoder"]) == 0
     assert main(["export", str(tmp_path / "out"), "-o", str(tmp_path / "x"), "--head", "task"]) == 2  # no weights there
+
+
+@pytest.mark.slow
+def test_evaluate_reports_the_accuracy_change_of_onnx_and_int8(tmp_path, capsys):
+    """`bertforge evaluate --onnx fp32 int8 --torch-int8`: every variant's metrics and its change vs PyTorch."""
+    import json
+
+    from bertforge.cli import main
+    from bertforge.data.tokenizer_train import train_tokenizer
+    from bertforge.finetune.store import save_task_model
+
+    (tmp_path / "corpus.txt").write_text("a good film . a bad film . great fun . dull and slow .\n" * 10)
+    tok = train_tokenizer("wordpiece", [tmp_path / "corpus.txt"], 80, progress=False)
+    torch.manual_seed(0)
+    model = build_task_model(Encoder(TINY.replace(vocab_size=tok.vocab_size)), TaskConfig("classify", labels=("neg", "pos")))
+    save_task_model(model, tok, tmp_path / "clf")
+    assert main(["export", str(tmp_path / "clf"), "-o", str(tmp_path / "out"), "--quantize", "int8"]) == 0
+    rows = ["text,label"] + [f"{t},{l}" for t, l in [("a good film", "pos"), ("a bad film", "neg"), ("great fun", "pos"),
+                                                     ("dull and slow", "neg"), ("good fun", "pos"), ("bad and dull", "neg")]]
+    (tmp_path / "test.csv").write_text("\n".join(rows) + "\n")
+    capsys.readouterr()
+    fp32, int8 = str(tmp_path / "out" / "model.onnx"), str(tmp_path / "out" / "model.int8.onnx")
+    assert main(["evaluate", "--model", str(tmp_path / "clf"), "--data", str(tmp_path / "test.csv"),
+                 "--onnx", fp32, int8, "--torch-int8"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(report["variants"]) == {fp32, int8, "torch-int8"}
+    assert report["pytorch"]["examples"] == 6.0
+    assert report["variants"][fp32]["change"] == {"accuracy": 0.0, "macro_f1": 0.0}  # fp32 ONNX: same predictions
+    for name in (int8, "torch-int8"):
+        v = report["variants"][name]
+        assert 0.0 <= v["metrics"]["accuracy"] <= 1.0
+        assert v["change"]["accuracy"] == pytest.approx(v["metrics"]["accuracy"] - report["pytorch"]["accuracy"])
+    assert main(["evaluate", "--model", str(tmp_path / "clf"), "--data", str(tmp_path / "test.csv"),
+                 "--onnx", str(tmp_path / "nope.onnx")]) == 2
+    assert "no such ONNX file" in capsys.readouterr().err

@@ -11,8 +11,15 @@ classification accuracy and macro-F1; NER entity-level precision, recall and F1 
 too); QA exact match and F1 (Chinese: CMRC 2018 rules, character F1 after removing punctuation and
 spaces, max over the reference answers). Gold labels the model never saw in training are an error.
 
+--onnx FILE... also scores exported ONNX models of the same fine-tuned model (`bertforge export`, e.g. the
+fp32 model.onnx and the int8 model.int8.onnx) and --torch-int8 PyTorch's dynamic int8 quantization; the
+output then holds every variant's metrics and each one's change against the PyTorch fp32 model, so the
+accuracy cost of quantization is measured on your data.
+
 Example:
   bertforge evaluate --model runs/msra/best --data msra-ner:test
+  bertforge evaluate --model runs/sent/best --data chinese-sentiment:test \
+      --onnx exported/sent/model.onnx exported/sent/model.int8.onnx --torch-int8
   bertforge evaluate --model runs/cmrc/best --data ../shared/data/cmrc2018/cmrc2018_dev.json --predictions p.jsonl
 """
 
@@ -23,7 +30,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base", help="base model directory of an adapter model, if it moved")
     p.add_argument("--limit", type=int, help="score only the first N examples")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--predictions", help="also write one JSON prediction per line to this file")
+    p.add_argument("--predictions", help="also write one JSON prediction per line to this file (PyTorch model)")
+    p.add_argument("--onnx", nargs="+", metavar="FILE", default=[],
+                   help="also score these ONNX exports of the model and report the change against PyTorch")
+    p.add_argument("--torch-int8", action="store_true",
+                   help="also score PyTorch dynamic int8 quantization and report the change")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,5 +57,18 @@ def run(args: argparse.Namespace) -> int:
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions), encoding="utf-8")
         os.replace(tmp, path)
-    print(json.dumps(metrics, ensure_ascii=False))
+    if not args.onnx and not args.torch_int8:
+        print(json.dumps(metrics, ensure_ascii=False))
+        return 0
+    from ..export import OnnxRuntimeModel, quantize_torch
+
+    variants = {name: OnnxRuntimeModel(name, like=model) for name in args.onnx}
+    if args.torch_int8:
+        variants["torch-int8"] = quantize_torch(model)
+    report = {"pytorch": metrics, "variants": {}}
+    for name, other in variants.items():
+        got, _, _ = evaluate(other, tok, data, args.batch_size, progress=f"evaluate {Path(name).name}")
+        change = {k: got[k] - metrics[k] for k in metrics if k != "examples" and isinstance(metrics[k], float)}
+        report["variants"][name] = {"metrics": got, "change": change}
+    print(json.dumps(report, ensure_ascii=False))
     return 0
