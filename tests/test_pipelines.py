@@ -144,3 +144,34 @@ def test_predict_command_writes_one_line_per_input_and_names_bad_lines(tmp_path,
     assert lines[2]["line"] == 3 and "text pairs" in lines[2]["error"]
     assert "2 of 3 inputs could not be used" in capsys.readouterr().err
     assert not list(tmp_path.glob(".out.jsonl.tmp"))
+
+
+def test_length_bucketing_keeps_input_order_and_results(ner_dir):
+    """More inputs than a batch: sorted by length into batches, answered in input order, the same results
+    as running each input alone; a bad input is still named by its position."""
+    ner = pipeline(None, ner_dir, batch_size=2)
+    texts = ["张三住在北京。" * 3, "我爱上海", "john lives in paris", "张三", "mary works at london。我爱上海"]
+    together = ner(texts)
+    alone = [ner(t) for t in texts]
+    strip = lambda r: [(e["entity_group"], e["start"], e["end"]) for e in r]  # noqa: E731
+    assert [strip(r) for r in together] == [strip(r) for r in alone]
+    for got, want in zip(together, alone):
+        assert [e["score"] for e in got] == pytest.approx([e["score"] for e in want], abs=1e-5)
+    with pytest.raises(BertforgeError, match="input 1 is empty"):
+        ner(["张三住在北京", "", "我爱上海"])
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_low_precision_pipelines_agree_with_fp32(ner_dir, tmp_path, precision):
+    """--precision bf16/int8 through the pipeline API: same output formats, close to fp32 (the CRF stays fp32)."""
+    fp32, low = pipeline(None, ner_dir), pipeline(None, ner_dir, precision=precision)
+    if precision == "bf16":
+        assert low.model.crf.transitions.dtype == torch.float32
+        assert next(low.model.encoder.parameters()).dtype == torch.bfloat16
+    text = "张三住在北京。 john lives in paris"
+    want, got = fp32(text), low(text)
+    assert [e["word"] for e in got] == [e["word"] for e in want]
+    emb32 = torch.tensor(pipeline("feature-extraction", ner_dir)(["张三住在北京", "我爱上海"]))
+    emb = torch.tensor(pipeline("feature-extraction", ner_dir, precision=precision)(["张三住在北京", "我爱上海"]))
+    assert emb.dtype == torch.float32
+    assert torch.nn.functional.cosine_similarity(emb32, emb, dim=-1).min() > 0.98

@@ -162,6 +162,9 @@ def entities(tags: list[str]) -> list[tuple[str, int, int]]:
 
 # ---- CRF ---------------------------------------------------------------------------------------------
 class CRF(nn.Module):
+    # inference/fast.prepare keeps this module in float32 under bf16: Viterbi sums transition scores along
+    # the sentence, where bf16's 8-bit mantissa would change paths.
+    keep_fp32 = True
     """Linear-chain CRF over word tags (Lafferty et al., 2001; as on BERT in the Chinese NER literature).
 
     Written here rather than imported: pytorch-crf, the usual PyPI choice, has had no release since 2019

@@ -31,7 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, help="candidates per mask / labels per text / answers per question")
     p.add_argument("--pooling", choices=("mean", "cls"), default="mean", help="feature-extraction pooling")
     p.add_argument("--base", help="base model directory of an adapter model, if it moved")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32, help="inputs per forward (default: 32)")
+    p.add_argument("--precision", choices=("fp32", "bf16", "int8"), default="fp32",
+                   help="weights: fp32, bf16 (AMX where the CPU has it) or int8 dynamic quantization")
 
 
 def _parse(line: str):
@@ -56,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
 
     if bool(args.texts) == bool(args.input):
         raise BertforgeError("give the inputs as TEXT arguments or with --input FILE (one of the two)")
-    pipe = pipeline(args.task, args.model, base=args.base, pooling=args.pooling, batch_size=args.batch_size)
+    pipe = pipeline(args.task, args.model, base=args.base, pooling=args.pooling, batch_size=args.batch_size,
+                    precision=args.precision)
     options = {} if args.top_k is None or pipe.task == "feature-extraction" else {"top_k": args.top_k}
     if args.input:
         try:
@@ -71,8 +74,11 @@ def run(args: argparse.Namespace) -> int:
     out = open(tmp, "w", encoding="utf-8") if tmp else sys.stdout
     errors = 0
     try:
-        for start in range(0, len(lines), args.batch_size):
-            chunk = list(enumerate(lines[start:start + args.batch_size], start=start + 1))
+        # Chunks of many batches: the pipeline sorts a chunk by length (less padding) and writes results back in
+        # input order; a chunk's results are written before the next is read.
+        step = args.batch_size * 32
+        for start in range(0, len(lines), step):
+            chunk = list(enumerate(lines[start:start + step], start=start + 1))
             items, results = [], {}
             for n, line in chunk:
                 try:

@@ -39,13 +39,18 @@ def set_threads(num_threads: int | None = None) -> int:
     return n
 
 
-def prepare(model: nn.Module, precision: Precision = "fp32") -> nn.Module:
-    """An eval-mode inference copy of ``model`` at ``precision`` (the original is left untouched)."""
+def prepare(model: nn.Module, precision: Precision = "fp32", *, inplace: bool = False) -> nn.Module:
+    """An eval-mode inference copy of ``model`` at ``precision`` (the original is left untouched unless
+    ``inplace``: then it is converted itself, which saves a copy of the weights when loading)."""
     if precision not in ("fp32", "bf16", "int8"):
         raise BertforgeError(f"precision={precision!r}: expected 'fp32', 'bf16' or 'int8'")
-    model = copy.deepcopy(model).eval()
+    model = (model if inplace else copy.deepcopy(model)).eval()
     if precision == "bf16":
-        return model.to(torch.bfloat16)
+        model = model.to(torch.bfloat16)
+        for module in model.modules():
+            if getattr(module, "keep_fp32", False):  # e.g. the CRF: its scores accumulate along a sentence
+                module.float()
+        return model
     if precision == "int8":
         # Per-output-channel weight scales: per-tensor scales cost MiniLM's embeddings ~3 points of cosine.
         from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic

@@ -56,6 +56,15 @@ def _check_texts(texts: list, what: str = "input") -> None:
             raise BertforgeError(f"{what} {i} is empty; nothing to run the model on")
 
 
+def _size(item: Any) -> int:
+    """A cheap stand-in for an input's token count: its characters (QA / pair dicts: all their texts)."""
+    if isinstance(item, str):
+        return len(item)
+    if isinstance(item, dict):
+        return sum(len(v) for v in item.values() if isinstance(v, str))
+    return 0
+
+
 class Pipeline:
     task: str
 
@@ -65,10 +74,27 @@ class Pipeline:
     def __call__(self, inputs: Any, **options) -> Any:
         single = not isinstance(inputs, list)
         items = [inputs] if single else inputs
-        results = []
-        for i in range(0, len(items), self.batch_size):
-            results += self._run(items[i:i + self.batch_size], **options)
+        # Length bucketing: more inputs than one batch run in batches of similar lengths, each padded only to
+        # its own longest, and the results go back to input order.
+        order = list(range(len(items)))
+        if len(items) > self.batch_size:
+            order.sort(key=lambda i: _size(items[i]))
+        try:
+            results = self._batches(items, order, options)
+        except BertforgeError:
+            if order == sorted(order):
+                raise
+            # a bad input: rerun in input order, so the error names the same input as without bucketing
+            results = self._batches(items, list(range(len(items))), options)
         return results[0] if single else results
+
+    def _batches(self, items: list, order: list[int], options: dict) -> list:
+        results: list[Any] = [None] * len(items)
+        for start in range(0, len(order), self.batch_size):
+            index = order[start:start + self.batch_size]
+            for i, result in zip(index, self._run([items[i] for i in index], **options)):
+                results[i] = result
+        return results
 
     def _run(self, items: list, **options) -> list:
         raise NotImplementedError
@@ -151,6 +177,7 @@ class FeatureExtraction(Pipeline):
         _check_texts(texts)
         batch = self.tok(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
         hidden = self.encoder(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]).last_hidden_state
+        hidden = hidden.float()  # a bf16 model: pool and return in float32
         vectors = mean_pool(hidden, batch["attention_mask"]) if self.pooling == "mean" else hidden[:, 0]
         if self.normalize:
             vectors = torch.nn.functional.normalize(vectors, dim=-1)
@@ -262,7 +289,8 @@ class QuestionAnswering(Pipeline):
         for i in range(0, len(features), self.batch_size):
             chunk = features[i:i + self.batch_size]
             out = self.model(collate(chunk, self.tok.pad_token_id))
-            for f, s, e in zip(chunk, out["start_logits"].cpu().numpy(), out["end_logits"].cpu().numpy()):
+            starts, ends = (out[k].float().cpu().numpy() for k in ("start_logits", "end_logits"))
+            for f, s, e in zip(chunk, starts, ends):
                 n = len(f["input_ids"])
                 windows[f["example"]].append(best_spans(s[:n], e[:n], f["offsets"], task.n_best, task.max_answer_length))
         results = []
@@ -273,16 +301,20 @@ class QuestionAnswering(Pipeline):
 
 
 def pipeline(task: str | None, model: str | Path, *, base: str | Path | None = None, pooling: str = "mean",
-             normalize: bool = False, batch_size: int = 32) -> Pipeline:
+             normalize: bool = False, batch_size: int = 32, precision: str = "fp32") -> Pipeline:
     """A pipeline for ``task`` over a local model directory. task None: the fine-tuned directory's own
-    task. ``base``: the base model of an adapter directory, when it moved."""
+    task. ``base``: the base model of an adapter directory, when it moved. ``precision``: "fp32", "bf16"
+    (bf16 weights and activations: AMX on CPUs that have it) or "int8" (dynamic quantization of every
+    nn.Linear); see inference/fast.py."""
     from ..data.tokenizers import AutoTokenizer
+    from .fast import prepare
 
     if task is not None and task not in TASKS:
         raise BertforgeError(f"unknown pipeline task {task!r}; valid tasks: {', '.join(TASKS)}")
     model = Path(model)
     if is_task_directory(model):
         task_model, tok = load_task_model(model, base)
+        task_model = prepare(task_model, precision, inplace=True)
         own = _FOR_TASK.get(task_model.task.task)
         if task == "feature-extraction":
             return FeatureExtraction(task_model.encoder, tok, pooling, normalize, batch_size)
@@ -298,10 +330,11 @@ def pipeline(task: str | None, model: str | Path, *, base: str | Path | None = N
         mlm = AutoModelForMaskedLM.from_pretrained(model)
         if mlm.mlm is None:
             raise BertforgeError(f"{model} has no masked-LM head; fill-mask needs a checkpoint saved with one")
-        return FillMask(mlm, tok, batch_size)
+        return FillMask(prepare(mlm, precision, inplace=True), tok, batch_size)
     if task == "feature-extraction":
         from ..auto import AutoModel
 
-        return FeatureExtraction(AutoModel.from_pretrained(model), tok, pooling, normalize, batch_size)
+        return FeatureExtraction(prepare(AutoModel.from_pretrained(model), precision, inplace=True), tok, pooling, normalize,
+                                 batch_size)
     raise BertforgeError(f"{model} is not a fine-tuned directory (no task.json); {task or 'its task'} needs one "
                          "(bertforge finetune writes it)")

@@ -477,9 +477,11 @@ def _add_route(app: FastAPI, task: Task, run_task: Callable) -> None:
 
 
 # ---- from a model directory --------------------------------------------------------------------------
-def load_pipelines(model_dir: str | Path, tasks: list[str] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+def load_pipelines(model_dir: str | Path, tasks: list[str] | None = None,
+                   precision: str = "fp32") -> tuple[dict[str, Any], dict[str, Any]]:
     """The pipelines a model directory supports, sharing one copy of its weights, and what /v1/info
-    shows about them: (endpoint name -> pipeline, {"mask_token", "labels"}).
+    shows about them: (endpoint name -> pipeline, {"mask_token", "labels"}). ``precision``: "fp32",
+    "bf16" or "int8" weights (inference/fast.py).
 
     A fine-tuned directory serves its own task plus "embed" from its encoder; a pretrained one serves
     "embed", and "fill-mask" when it has a masked-LM head. ``tasks`` picks a subset."""
@@ -487,6 +489,7 @@ def load_pipelines(model_dir: str | Path, tasks: list[str] | None = None) -> tup
     from ..data.tokenizers import AutoTokenizer
     from ..finetune.store import is_task_directory, load_task_model
     from . import pipelines as P
+    from .fast import prepare
 
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
@@ -495,6 +498,7 @@ def load_pipelines(model_dir: str | Path, tasks: list[str] | None = None) -> tup
     meta: dict[str, Any] = {"mask_token": None, "labels": {}, "classify_pairs": False}
     if is_task_directory(model_dir):
         model, tok = load_task_model(model_dir)
+        model = prepare(model, precision, inplace=True)
         kind = model.task.task
         own = {"classify": ("classify", P.TextClassification), "pair": ("classify", P.TextClassification),
                "ner": ("ner", P.TokenClassification), "qa": ("qa", P.QuestionAnswering)}.get(kind)
@@ -507,7 +511,7 @@ def load_pipelines(model_dir: str | Path, tasks: list[str] | None = None) -> tup
         meta["classify_pairs"] = kind == "pair"
         encoder = model.encoder
     else:
-        mlm = AutoModelForMaskedLM.from_pretrained(model_dir)
+        mlm = prepare(AutoModelForMaskedLM.from_pretrained(model_dir), precision, inplace=True)
         tok = AutoTokenizer.from_pretrained(model_dir)
         if mlm.mlm is not None:
             available["fill-mask"] = lambda: P.FillMask(mlm, tok)
@@ -521,9 +525,10 @@ def load_pipelines(model_dir: str | Path, tasks: list[str] | None = None) -> tup
     return {t: available[t]() for t in TASKS if t in chosen}, meta
 
 
-def create_app_from_dir(model_dir: str | Path, *, settings: ServeSettings | None = None, tasks: list[str] | None = None) -> FastAPI:
+def create_app_from_dir(model_dir: str | Path, *, settings: ServeSettings | None = None, tasks: list[str] | None = None,
+                        precision: str = "fp32") -> FastAPI:
     """``create_app`` over the pipelines of a model directory (see ``load_pipelines``)."""
-    pipelines, meta = load_pipelines(model_dir, tasks)
+    pipelines, meta = load_pipelines(model_dir, tasks, precision)
     return create_app(pipelines, settings=settings, model_name=Path(model_dir).resolve().name, **meta)
 
 
