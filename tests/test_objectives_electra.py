@@ -135,3 +135,26 @@ def test_electra_trains():
     torch.manual_seed(0)
     objective = build_objective(("electra",), TINY, rtd_weight=50.0)
     trains(objective, make_batch(), ["gen_mlm_loss", "gen_acc", "rtd_loss", "rtd_acc", "replaced_fraction"])
+
+
+def test_inverse_cdf_sampling_matches_the_distribution():
+    """sample_categorical against its probabilities: a chi-square goodness-of-fit test with a fixed seed, and
+    zero-probability entries never drawn."""
+    from scipy.stats import chisquare
+
+    from bertforge.objectives.electra import sample_categorical
+
+    torch.manual_seed(0)
+    probs = torch.softmax(torch.randn(50) * 2, -1)
+    probs[[3, 17]] = 0.0  # impossible tokens
+    probs = probs / probs.sum()
+    draws = sample_categorical(probs.expand(200_000, -1).contiguous())
+    counts = torch.bincount(draws, minlength=50).double()
+    assert counts[3] == 0 and counts[17] == 0
+    keep = probs > 0
+    p64 = probs[keep].double()
+    expected = p64 / p64.sum() * counts.sum()
+    assert chisquare(counts[keep].numpy(), expected.numpy()).pvalue > 0.01
+    one_hot = torch.zeros(4, 10)
+    one_hot[:, 6] = 1.0
+    assert sample_categorical(one_hot).tolist() == [6, 6, 6, 6]

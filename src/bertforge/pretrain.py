@@ -405,29 +405,43 @@ def spec_from_run(run_dir: str | Path, assignments: list[str] | None = None) -> 
 
 
 # ---- the demo's main job ---------------------------------------------------------------------------
-def demo_pretrain(out: Path, recipe: str = "roberta-wwm-ext", minutes: float = 3.0) -> None:
-    """People's Daily -> tokenizer -> corpus store -> a tiny pretraining run -> report + fill-mask."""
-    import shutil
+def named_store(source: str, kind: str, out: Path, vocab_size: int = 8000, lowercase: bool = False,
+                validation_fraction: float = 0.02) -> Path:
+    """A tokenizer (OUT/tokenizer) trained on a named real corpus and the corpus store (OUT/<source>.store)
+    built with it; both are reused when already there. Returns the store directory."""
     import tempfile
 
-    from .data.corpus import CorpusStore, build_corpus
+    from .data.corpus import build_corpus
     from .data.sources import BuildReport, named_source
     from .data.tokenizer_train import train_tokenizer
 
     out.mkdir(parents=True, exist_ok=True)
-    kind = get_recipe(recipe).tokenizer
-    tok_dir, store_dir, run_dir = out / "tokenizer", out / "peoples-daily.store", out / f"run-{recipe}"
+    tok_dir, store_dir = out / "tokenizer", out / f"{source}.store"
     if not (tok_dir / "tokenizer_config.json").is_file():
-        print(f"\n== 1/3 training a {kind} tokenizer on People's Daily (January 1998) ==")
+        print(f"\n== training a {kind} tokenizer on {source} ==")
         with tempfile.TemporaryDirectory() as tmp:
-            text = Path(tmp) / "peoples-daily.txt"
+            text = Path(tmp) / f"{source}.txt"
             with text.open("w", encoding="utf-8") as f:
-                for piece in named_source("peoples-daily").pieces(BuildReport()):
+                for piece in named_source(source).pieces(BuildReport()):
                     f.write(piece.text.replace("\n", " ") + "\n")
-            train_tokenizer(kind, [text], vocab_size=8000, out=tok_dir)
+            train_tokenizer(kind, [text], vocab_size=vocab_size, out=tok_dir, lowercase=lowercase)
     if not (store_dir / "manifest.json").is_file():
-        print("\n== 2/3 building the corpus store (gold segmentation as whole-word boundaries) ==")
-        build_corpus(store_dir, str(tok_dir), sources=["peoples-daily"], validation_fraction=0.02, overwrite=True)
+        print(f"\n== building the corpus store of {source} ==")
+        build_corpus(store_dir, str(tok_dir), sources=[source], validation_fraction=validation_fraction, overwrite=True)
+    return store_dir
+
+
+def demo_pretrain(out: Path, recipe: str = "roberta-wwm-ext", minutes: float = 3.0) -> None:
+    """People's Daily -> tokenizer -> corpus store -> a tiny pretraining run -> report + fill-mask."""
+    import shutil
+
+    from .data.corpus import CorpusStore
+
+    kind = get_recipe(recipe).tokenizer
+    tok_dir, run_dir = out / "tokenizer", out / f"run-{recipe}"
+    print("\n== 1-2/3 People's Daily (January 1998): tokenizer and corpus store (gold segmentation as whole-word "
+          "boundaries) ==")
+    store_dir = named_store("peoples-daily", kind, out)
     store = CorpusStore(store_dir)
     print(f"  {store.num_docs:,} documents, {store.num_sents:,} sentences, {store.num_tokens:,} tokens")
     print(f"\n== 3/3 pretraining a tiny {recipe} for {minutes:g} minutes ==")
