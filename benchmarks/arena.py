@@ -92,11 +92,13 @@ def main() -> None:
         store = named_store("peoples-daily", "chinese-char", work / "zh")
         tasks = ZH_TASKS if SHARED.is_dir() else tuple(t for t in ZH_TASKS if t != "cmrc2018")
         out, command = run("zh", store, ZH_VARIANTS, tasks, args, work)
-        doc = replace_marked(doc, "zh", f"Machine: {machine}.\n\n" + section("zh", out, command))
+        doc = replace_marked(doc, "zh", "## Chinese: People's Daily 1998, three Chinese tasks\n\n"
+                             f"Machine: {machine}.\n\n" + section("zh", out, command))
     if args.only in (None, "en"):
         store = named_store("wiki-sample", "wordpiece", work / "en", lowercase=True)
         out, command = run("en", store, EN_VARIANTS, EN_TASKS, args, work)
-        doc = replace_marked(doc, "en", f"Machine: {machine}.\n\n" + section("en", out, command))
+        doc = replace_marked(doc, "en", "## English: a Wikipedia sample, Rotten Tomatoes\n\n"
+                             f"Machine: {machine}.\n\n" + section("en", out, command))
     tmp = doc_path.with_name(".ARENA.md.tmp")
     tmp.write_text(doc)
     os.replace(tmp, doc_path)

@@ -10,11 +10,13 @@ p50/p99 in ms), each row doing the whole job: text in, sentence vector out. The 
 by text (round-robin), so a change in the machine's load during the run falls on every row alike:
 
 - PyTorch in-process: bertforge's feature-extraction pipeline, called directly;
+- PyTorch bf16 in-process: the same pipeline with ``precision="bf16"`` (bf16 weights; AMX here);
 - PyTorch int8 in-process: the same with ``torch.ao`` dynamic int8 Linear layers;
 - ONNX Runtime fp32 / int8 in-process: the same pipeline with the encoder exported by ``bertforge.export``
   (int8: ONNX Runtime dynamic quantization) run by ONNX Runtime;
 - transformers in-process: ``BertModel`` + its tokenizer from the same directory (reference);
-- bertforge server over HTTP: ``bertforge serve`` in its own process, POST /v1/embed;
+- bertforge server over HTTP: ``bertforge serve`` in its own process, POST /v1/embed (fp32, and bf16
+  with ``--precision bf16``);
 - naive server over HTTP: FastAPI + transformers from the same weights, one forward per request.
 
 Then throughput and p50/p99 latency of the two servers with 1, 8 and 32 concurrent clients
@@ -106,7 +108,7 @@ def bertforge_pipeline(model_dir: Path, runtime: str = "torch", onnx_path: Path 
     from bertforge.export import OnnxRuntimeModel, quantize_torch
     from bertforge.inference.pipelines import FeatureExtraction, pipeline
 
-    pipe = pipeline("feature-extraction", model_dir)
+    pipe = pipeline("feature-extraction", model_dir, precision="bf16" if runtime == "bf16" else "fp32")
     if runtime == "int8":
         pipe.encoder = quantize_torch(pipe.encoder)
     elif runtime == "onnx":
@@ -336,6 +338,7 @@ def main() -> None:
     t = args.threads
     rows = {
         "PyTorch fp32, in-process": lambda: Worker(("bertforge", t, model_dir)),
+        "PyTorch bf16 (AMX), in-process": lambda: Worker(("bertforge", t, model_dir, "bf16")),
         "PyTorch int8 (torch.ao dynamic), in-process": lambda: Worker(("bertforge", t, model_dir, "int8")),
         "ONNX Runtime fp32, in-process": lambda: Worker(("bertforge", t, model_dir, "onnx", fp32)),
         "ONNX Runtime int8, in-process": lambda: Worker(("bertforge", t, model_dir, "onnx", int8)),
@@ -343,6 +346,9 @@ def main() -> None:
         "bertforge server (HTTP, dynamic batching)": lambda: Server(
             [sys.executable, "-m", "bertforge", "serve", str(model_dir), "--tasks", "embed", "--log-level", "warning",
              "--threads", str(t)], "/v1/embed"),
+        "bertforge server bf16 (HTTP, dynamic batching)": lambda: Server(
+            [sys.executable, "-m", "bertforge", "serve", str(model_dir), "--tasks", "embed", "--log-level", "warning",
+             "--threads", str(t), "--precision", "bf16"], "/v1/embed"),
         "naive server (HTTP, FastAPI + transformers)": lambda: Server(
             [sys.executable, __file__, "--naive-server", str(model_dir), "--threads", str(t)], "/embed"),
     }
