@@ -43,3 +43,27 @@ def model_dir(tmp: Path, seed: int = 0, **changes) -> Path:
     tok = tokenizer(tmp)
     tok.save_pretrained(d)
     return d
+
+
+def source_text(source: str, path: Path, pieces: int = 300) -> Path:
+    """The first ``pieces`` paragraphs of a named real corpus, one a line, in ``path``."""
+    from bertforge.data.sources import BuildReport, named_source
+
+    with path.open("w", encoding="utf-8") as f:
+        for i, piece in enumerate(named_source(source).pieces(BuildReport())):
+            if i >= pieces:
+                break
+            f.write(piece.text.replace("\n", " ") + "\n")
+    return path
+
+
+def small_store(root: Path, source: str, kind: str, vocab_size: int, name: str = "store") -> Path:
+    """A tokenizer (ROOT/tok) trained on 300 paragraphs of a named corpus and the corpus store
+    (ROOT/NAME) built from them, 10% of the documents held out."""
+    from bertforge.data.corpus import build_corpus
+    from bertforge.data.tokenizer_train import train_tokenizer
+
+    text = source_text(source, root / f"{source}.txt")
+    train_tokenizer(kind, [text], vocab_size=vocab_size, out=root / "tok", progress=False)
+    build_corpus(root / name, str(root / "tok"), [text], workers=0, validation_fraction=0.1, progress=False)
+    return root / name

@@ -9,10 +9,8 @@ import pytest
 from bertforge import arena
 from bertforge.arena import CLAIMS, VARIANTS, Claim, judge
 from bertforge.cli import main
-from bertforge.data.corpus import build_corpus
-from bertforge.data.sources import BuildReport, named_source
-from bertforge.data.tokenizer_train import train_tokenizer
 from bertforge.errors import BertforgeError
+from taskkit import small_store
 
 TINY = ["hidden_size=32", "intermediate_size=64", "num_heads=2", "batch_size=8", "max_len=64", "eval_batches=2",
         "save_every_steps=2"]
@@ -20,16 +18,7 @@ TINY = ["hidden_size=32", "intermediate_size=64", "num_heads=2", "batch_size=8",
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("arena")
-    text = root / "pd.txt"
-    with text.open("w", encoding="utf-8") as f:
-        for i, piece in enumerate(named_source("peoples-daily").pieces(BuildReport())):
-            if i >= 300:
-                break
-            f.write(piece.text.replace("\n", " ") + "\n")
-    train_tokenizer("chinese-char", [text], vocab_size=1200, out=root / "tok", progress=False)
-    build_corpus(root / "pd.store", str(root / "tok"), [text], workers=0, validation_fraction=0.1, progress=False)
-    return root / "pd.store"
+    return small_store(tmp_path_factory.mktemp("arena"), "peoples-daily", "chinese-char", 1200, "pd.store")
 
 
 def _args(store: Path, out: Path, recipes: str = "bert-no-nsp,roberta-wwm-ext") -> list[str]:

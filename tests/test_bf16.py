@@ -5,10 +5,8 @@ import json
 
 import pytest
 
-from bertforge.data.corpus import build_corpus
-from bertforge.data.sources import BuildReport, named_source
-from bertforge.data.tokenizer_train import train_tokenizer
 from bertforge.pretrain import make_spec, pretrain
+from taskkit import small_store
 
 SETTINGS = ["max_steps=30", "batch_size=8", "max_len=64", "eval_every=0", "eval_batches=4", "save_every_steps=0",
             "log_every=5", "warmup_steps=3", "lr=2e-3", "hidden_size=32", "intermediate_size=64", "num_heads=2",
@@ -18,14 +16,7 @@ SETTINGS = ["max_steps=30", "batch_size=8", "max_len=64", "eval_every=0", "eval_
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("bf16")
-    text = root / "wiki.txt"
-    with text.open("w", encoding="utf-8") as f:
-        for i, piece in enumerate(named_source("wiki-sample").pieces(BuildReport())):
-            if i >= 300:
-                break
-            f.write(piece.text.replace("\n", " ") + "\n")
-    train_tokenizer("bpe", [text], vocab_size=800, out=root / "tok", progress=False)
-    build_corpus(root / "store", str(root / "tok"), [text], workers=0, validation_fraction=0.1, progress=False)
+    small_store(root, "wiki-sample", "bpe", 800)
     return root
 
 

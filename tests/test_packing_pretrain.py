@@ -4,11 +4,9 @@ recipes are refused with one clear line."""
 import pytest
 import torch
 
-from bertforge.data.corpus import build_corpus
-from bertforge.data.sources import BuildReport, named_source
-from bertforge.data.tokenizer_train import train_tokenizer
 from bertforge.errors import BertforgeError
 from bertforge.pretrain import make_spec, pretrain
+from taskkit import small_store
 
 FAST = ["max_steps=3", "batch_size=8", "max_len=64", "eval_batches=2", "eval_every=0", "save_every_steps=0",
         "log_every=1", "warmup_steps=1", "hidden_size=32", "intermediate_size=64", "num_heads=2", "pack=true"]
@@ -17,14 +15,7 @@ FAST = ["max_steps=3", "batch_size=8", "max_len=64", "eval_batches=2", "eval_eve
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("packed-pretrain")
-    text = root / "wiki.txt"
-    with text.open("w", encoding="utf-8") as f:
-        for i, piece in enumerate(named_source("wiki-sample").pieces(BuildReport())):
-            if i >= 300:
-                break
-            f.write(piece.text.replace("\n", " ") + "\n")
-    train_tokenizer("bpe", [text], vocab_size=800, out=root / "tok", progress=False)
-    build_corpus(root / "store", str(root / "tok"), [text], workers=0, validation_fraction=0.1, progress=False)
+    small_store(root, "wiki-sample", "bpe", 800)
     return root
 
 

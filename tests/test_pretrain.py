@@ -8,24 +8,15 @@ import torch
 
 from bertforge.cli import main
 from bertforge.data.corpus import build_corpus
-from bertforge.data.sources import BuildReport, named_source
 from bertforge.data.tokenizer_train import train_tokenizer
 from bertforge.errors import BertforgeError
 from bertforge.pretrain import make_spec, pretrain, spec_from_run, split_settings
 from bertforge.recipes import RECIPES
+from taskkit import source_text
 
 CHINESE_KINDS = {"chinese-char", "chinese-word"}
 FAST = ["max_steps=3", "batch_size=8", "max_len=64", "eval_batches=2", "eval_every=0", "save_every_steps=0",
         "log_every=1", "warmup_steps=1"]
-
-
-def _text(source: str, path: Path, pieces: int) -> Path:
-    with path.open("w", encoding="utf-8") as f:
-        for i, piece in enumerate(named_source(source).pieces(BuildReport())):
-            if i >= pieces:
-                break
-            f.write(piece.text.replace("\n", " ") + "\n")
-    return path
 
 
 @pytest.fixture(scope="session")
@@ -37,7 +28,7 @@ def stores(tmp_path_factory):
     def get(kind: str) -> Path:
         if kind not in made:
             source = "peoples-daily" if kind in CHINESE_KINDS else "wiki-sample"
-            text = _text(source, root / f"{kind}.txt", 300)
+            text = source_text(source, root / f"{kind}.txt")
             tok = root / f"tok-{kind}"
             train_tokenizer(kind, [text], vocab_size=1200 if kind != "bpe" else 800, out=tok, progress=False)
             store = root / f"{kind}.store"
