@@ -466,8 +466,9 @@ def write_report(out: Path, data: dict) -> Path:
     ]
     for name, r in done.items():
         p = r["pretrain"]
-        mlm = p["eval"].get("mlm_loss")
-        gen = " (generator)" if VARIANTS[name].recipe == "electra" and mlm is not None else ""
+        mlm, gen = p["eval"].get("mlm_loss"), ""
+        if mlm is None and "gen_mlm_loss" in p["eval"]:  # ELECTRA: its generator's MLM loss
+            mlm, gen = p["eval"]["gen_mlm_loss"], " (generator)"
         scores = [f"{r['tasks'][t]['score']:.4f}" if t in r["tasks"] else "-" for t in tasks]
         mean = mean_score(r, tasks)
         lines.append(
@@ -542,10 +543,11 @@ def _plots(out: Path, done: dict, tasks: tuple[str, ...]) -> list[tuple[str, str
         if not log.is_file():
             continue
         rows = [json.loads(line) for line in log.read_text().splitlines()]
-        xs = [r["elapsed"] / 60 for r in rows if r.get("kind") == "train" and "mlm_loss" in r]
-        ys = [r["mlm_loss"] for r in rows if r.get("kind") == "train" and "mlm_loss" in r]
+        key = "mlm_loss" if any("mlm_loss" in r for r in rows) else "gen_mlm_loss"  # ELECTRA: the generator's
+        xs = [r["elapsed"] / 60 for r in rows if r.get("kind") == "train" and key in r]
+        ys = [r[key] for r in rows if r.get("kind") == "train" and key in r]
         if xs:
-            ax.plot(xs, ys, label=n, lw=1)
+            ax.plot(xs, ys, label=n if key == "mlm_loss" else f"{n} (generator)", lw=1)
             drawn = True
     if drawn:
         ax.set_xlabel("pretraining time (minutes)")

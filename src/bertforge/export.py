@@ -22,9 +22,8 @@ import json
 import os
 import tempfile
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -102,29 +101,6 @@ class _Flat(nn.Module):
         return tuple(t for _, t in _describe(_call(self.model, inputs))[1])
 
 
-@contextmanager
-def _repeat_interleave_fix(opset: int) -> Iterator[None]:
-    """Work around a TorchScript-exporter bug hit by rotary positions (``repeat_interleave(2, dim=-1)``).
-
-    torch's symbolic does ``dim += rank`` on the value of the graph's *shared* constant -1, which turns
-    every other -1 in the graph (e.g. the ``reshape(b, n, -1)`` after attention) into that positive dim,
-    so the exported graph fails at run time. Handing it a private copy of the constant keeps the rest
-    of the graph intact.
-    """
-    from torch.onnx import symbolic_helper, symbolic_opset13
-
-    def repeat_interleave(g, self, repeats, dim=None, output_size=None):
-        if not symbolic_helper._is_none(dim):
-            dim = g.op("Constant", value_t=torch.tensor(symbolic_helper._get_const(dim, "i", "dim")))
-        return symbolic_opset13.repeat_interleave(g, self, repeats, dim, output_size)
-
-    torch.onnx.register_custom_op_symbolic("aten::repeat_interleave", repeat_interleave, opset)
-    try:
-        yield
-    finally:
-        torch.onnx.unregister_custom_op_symbolic("aten::repeat_interleave", opset)
-
-
 def sample_inputs(model: nn.Module, batch: int, length: int, seed: int = 0) -> dict[str, torch.Tensor]:
     """Random ids above the usual special-token range, with the first row padded after half its length."""
     vocab = _vocab_size(model)
@@ -158,7 +134,7 @@ def export_onnx(model: nn.Module, path: str | Path, *, opset: int = 17, sample_l
         dynamic_axes[name] = axes
     tmp = str(path.with_name(f".{path.name}.{os.getpid()}.tmp"))
     try:
-        with warnings.catch_warnings(), _repeat_interleave_fix(opset):
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer warnings about Python ints are expected here
             torch.onnx.export(
                 flat, tuple(inputs[n] for n in INPUT_NAMES), tmp, input_names=list(INPUT_NAMES),

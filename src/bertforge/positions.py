@@ -65,8 +65,10 @@ def rotary_angles(position_ids: torch.Tensor, head_dim: int) -> tuple[torch.Tens
         position_ids = position_ids.unsqueeze(0)
     inv_freq = torch.pow(10000.0, -torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
     angles = position_ids.to(torch.float64).unsqueeze(-1) * inv_freq  # [B, L, d/2]
-    sin = torch.sin(angles).float().repeat_interleave(2, dim=-1).unsqueeze(1)  # [B, 1, L, d]
-    cos = torch.cos(angles).float().repeat_interleave(2, dim=-1).unsqueeze(1)
+    # each angle twice, (a0, a0, a1, a1, ...): stack + flatten rather than repeat_interleave, whose ONNX
+    # (TorchScript) symbolic corrupts the graph's shared -1 constant
+    sin = torch.stack([torch.sin(angles)] * 2, dim=-1).flatten(-2).float().unsqueeze(1)  # [B, 1, L, d]
+    cos = torch.stack([torch.cos(angles)] * 2, dim=-1).flatten(-2).float().unsqueeze(1)
     return sin, cos
 
 

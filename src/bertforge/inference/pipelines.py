@@ -120,22 +120,29 @@ class FillMask(Pipeline):
                 raise BertforgeError(f"input {i} has {len(ids)} tokens; this model reads at most {self.max_length}")
         features = [{"input_ids": ids, "token_type_ids": t} for ids, t in zip(enc["input_ids"], enc["token_type_ids"])]
         batch = collate(features, tok.pad_token_id)
-        out = self.model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
-        probs = out["mlm_logits"].float().softmax(-1)  # [B, L, V]
+        masked = batch["input_ids"] == mask_id  # [B, L]
+        # the vocabulary projection and softmax only where a mask is: [M, V] rather than [B, L, V]
+        out = self.model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], mlm_positions=masked)
+        logits = out["mlm_logits"]
+        if logits.dim() == 3:  # a model that ignores mlm_positions (an ONNX export): [B, L, V]
+            logits = logits[masked]
+        probs = logits.float().softmax(-1)  # [M, V], masks in row-major order
+        row = {pos: i for i, pos in enumerate(map(tuple, masked.nonzero().tolist()))}
         results = []
         for b, (ids, offsets) in enumerate(zip(enc["input_ids"], enc["offset_mapping"])):
             groups = _runs([i for i, t in enumerate(ids) if t == mask_id])
-            per_group = [self._fill(texts[b], offsets, probs[b], g, top_k) for g in groups]
+            per_group = [self._fill(texts[b], offsets, [probs[row[(b, p)]] for p in g], g, top_k) for g in groups]
             results.append(per_group[0] if len(per_group) == 1 else per_group)
         return results
 
-    def _fill(self, text: str, offsets, probs: torch.Tensor, positions: list[int], top_k: int) -> list[dict]:
+    def _fill(self, text: str, offsets, probs: list[torch.Tensor], positions: list[int], top_k: int) -> list[dict]:
         """Top-k fillings of consecutive mask positions, scored by the product of their probabilities
-        (the MLM predicts each position independently; a beam of width top_k over the positions)."""
+        (the MLM predicts each position independently; a beam of width top_k over the positions).
+        ``probs``: the vocabulary distribution at each of ``positions``."""
         beams: list[tuple[list[int], float]] = [([], 1.0)]
         specials = set(self.tok.all_special_ids)
-        for pos in positions:
-            p = probs[pos].clone()
+        for pos, dist in zip(positions, probs):
+            p = dist.clone()
             p[list(specials)] = 0.0
             top = torch.topk(p, top_k)
             beams = sorted(((ids + [t], s * q) for ids, s in beams for q, t in zip(top.values.tolist(), top.indices.tolist())),
