@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import importlib
 import inspect
@@ -275,10 +274,9 @@ def quantize_onnx(src: str | Path, dst: str | Path) -> Path:
 
 
 def quantize_torch(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` with every nn.Linear replaced by a dynamically quantized int8 one (CPU only).
+    """A copy of ``model`` with every nn.Linear replaced by a dynamically quantized int8 one (CPU only, per-
+    channel weight scales): the same conversion as ``--precision int8`` (inference/fast.prepare).
     Embeddings and the tied MLM projection (an F.linear on the embedding matrix) stay float."""
-    from torch.ao.quantization import quantize_dynamic
+    from .inference.fast import prepare
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.ao.quantization announces its move to torchao
-        return quantize_dynamic(copy.deepcopy(model).eval(), {nn.Linear}, dtype=torch.qint8)
+    return prepare(model, "int8")

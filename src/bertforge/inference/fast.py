@@ -53,9 +53,13 @@ def prepare(model: nn.Module, precision: Precision = "fp32", *, inplace: bool = 
         return model
     if precision == "int8":
         # Per-output-channel weight scales: per-tensor scales cost MiniLM's embeddings ~3 points of cosine.
+        import warnings
+
         from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
-        return quantize_dynamic(model, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.ao.quantization announces its move to torchao
+            return quantize_dynamic(model, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
     return model
 
 
