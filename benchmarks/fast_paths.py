@@ -33,13 +33,17 @@ def stats(times: list[float]) -> dict[str, float]:
     return {"median_ms": med * 1e3, "iqr_ms": (q3 - q1) * 1e3, "runs": len(times)}
 
 
-def round_robin(calls: dict[str, callable], rounds: int, warmup: int) -> dict[str, dict[str, float]]:
+def round_robin(calls: dict[str, callable], rounds: int, warmup: int, pause: float = 0.03) -> dict[str, dict[str, float]]:
+    """One call of each system per round, ``pause`` seconds of idle after each call (untimed): ONNX Runtime's
+    thread pool keeps spinning after a call returns, and the system timed next would pay for it (measured:
+    a BERT-base forward at 12 tokens took 133 ms right after an ONNX Runtime call, 74 ms after a 50 ms pause)."""
     for _ in range(warmup):
         for f in calls.values():
             f()
     times: dict[str, list[float]] = {k: [] for k in calls}
     for _ in range(rounds):
         for name, f in calls.items():
+            time.sleep(pause)
             t = time.perf_counter()
             f()
             times[name].append(time.perf_counter() - t)
@@ -73,7 +77,7 @@ def encoder_flops(config, length: int) -> float:
     return per_token * length + n * 4 * length * length * h
 
 
-def inference(rounds: int, warmup: int, lengths: tuple[int, ...]) -> dict:
+def inference(rounds: int, warmup: int, lengths: tuple[int, ...], compile: bool = True) -> dict:
     import transformers
 
     from bertforge.config import PRESETS
@@ -90,10 +94,20 @@ def inference(rounds: int, warmup: int, lengths: tuple[int, ...]) -> dict:
               for impl in ("eager", "sdpa")}
     onnx = OnnxRuntimeModel(export_onnx(ours, tmp / "model.onnx"), num_threads=torch.get_num_threads())
     variants = {"bertforge fp32": ours, "bertforge bf16": prepare(ours, "bf16"), "bertforge int8": prepare(ours, "int8")}
+    if compile:  # torch.compile with weight freezing (inference/fast.prepare(compile=True)); one graph per shape
+        variants |= {"bertforge fp32 compiled": prepare(ours, "fp32", compile=True),
+                     "bertforge bf16 compiled": prepare(ours, "bf16", compile=True)}
     out = {}
     for length in lengths:
         ids = torch.randint(1000, 20000, (1, length))
         mask, types = torch.ones_like(ids), torch.zeros_like(ids)
+        compile_s = {}
+        with torch.inference_mode():
+            for name, m in variants.items():
+                if "compiled" in name:  # the first call of a shape compiles it: timed apart
+                    t = time.perf_counter()
+                    m(ids, mask, types)
+                    compile_s[name] = time.perf_counter() - t
         calls = {name: (lambda m=m: m(ids, mask, types)) for name, m in variants.items()}
         calls.update({f"transformers {k} fp32": (lambda m=m: m(input_ids=ids, attention_mask=mask,
                                                                 token_type_ids=types)) for k, m in theirs.items()})
@@ -102,9 +116,11 @@ def inference(rounds: int, warmup: int, lengths: tuple[int, ...]) -> dict:
             res = round_robin(calls, rounds, warmup)
         base = res["transformers eager fp32"]["median_ms"]
         flops = encoder_flops(config, length)
-        for v in res.values():
+        for name, v in res.items():
             v["vs_transformers_eager"] = v["median_ms"] / base
             v["gflops"] = flops / (v["median_ms"] / 1e3) / 1e9
+            if name in compile_s:
+                v["compile_s"] = compile_s[name]
         out[str(length)] = res
     return out
 
@@ -181,35 +197,6 @@ def training(rounds: int, warmup: int, sizes: tuple[str, ...] = ("tiny", "small"
     return out
 
 
-def compiled(rounds: int, warmup: int, length: int = 128) -> dict:
-    """torch.compile (inductor) against eager for BERT-base batch-1 inference, fp32 and bf16; compile
-    time reported apart (it is paid once per input shape)."""
-    from bertforge.config import PRESETS
-    from bertforge.inference.fast import prepare
-    from bertforge.modeling import Encoder
-
-    torch.manual_seed(0)
-    ids = torch.randint(1000, 20000, (1, length))
-    mask, types = torch.ones_like(ids), torch.zeros_like(ids)
-    calls, compile_s = {}, {}
-    for precision in ("fp32", "bf16"):
-        model = prepare(Encoder(PRESETS["bert-base"]), precision)
-        fast = torch.compile(model)
-        t = time.perf_counter()
-        with torch.inference_mode():
-            fast(ids, mask, types)
-        compile_s[precision] = time.perf_counter() - t
-        calls[f"bertforge {precision} eager"] = lambda m=model: m(ids, mask, types)
-        calls[f"bertforge {precision} compiled"] = lambda m=fast: m(ids, mask, types)
-    with torch.inference_mode():
-        res = round_robin(calls, rounds, warmup)
-    for precision in ("fp32", "bf16"):
-        res[f"bertforge {precision} compiled"]["compile_s"] = compile_s[precision]
-        res[f"bertforge {precision} compiled"]["vs_eager"] = (res[f"bertforge {precision} compiled"]["median_ms"]
-                                                             / res[f"bertforge {precision} eager"]["median_ms"])
-    return res
-
-
 def padding(seed: int = 0) -> dict:
     """Padding share of batches of realistic variable-length sequences (lognormal lengths, median ~60
     tokens, capped at 128): padded to the longest per batch of 32 vs packed by best fit."""
@@ -229,8 +216,11 @@ def markdown(r: dict) -> str:
     lines = [
         "## Fast paths (benchmarks/fast_paths.py)",
         "",
-        f"Run {r['date']}, {r['threads']} threads, load average {r['load']} on {r['cores']} cores (other jobs "
-        "were running: absolute times are noisy; systems were interleaved round-robin, so the ratios hold).",
+        f"Run {r['date']}, {r['threads']} threads, 1-minute load average {r['load']} on {r['cores']} cores when "
+        "it started" + (" (other jobs were running: absolute times are noisy; systems were interleaved round-robin, "
+                        "so the ratios hold)." if r["load"] > 1.5 else " (an otherwise idle machine).")
+        + " Every system is timed in the same process, round-robin, with a short untimed pause before each call "
+        "(ONNX Runtime's thread pool spins after a call and would slow whatever runs next).",
         "",
         f"- Measured matmul peak (2048^3): fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s "
         f"({peak['bf16'] / peak['fp32']:.1f}x).",
@@ -239,7 +229,9 @@ def markdown(r: dict) -> str:
         "- Using the fast paths: `--set pack=true` packs pretraining rows (MLM-style recipes; data/packing.py); "
         "`--set precision=bf16` trains under bf16 autocast; `bertforge.inference.fast.prepare(model, 'bf16' | "
         "'int8')` and `bucketed(...)` for inference (sorted by length, batched, returned in input order).",
-        "- Reading these numbers: the peaks above were measured under the same load, so MFU is relative to a depressed peak; at batch 1 ONNX Runtime's spinning thread pool holds its cores better than torch's OpenMP threads on an oversubscribed machine, which inflates its lead. Re-run on an idle machine (`benchmarks/run_all.py --only fast_paths`) before reading absolute speed from this table.",
+        "- `compiled` rows: `prepare(model, precision, compile=True)`, torch.compile (inductor) with weight "
+        "freezing (weights folded and pre-packed for oneDNN once); the compile time of each shape is paid once and "
+        "reported apart.",
         f"- Padding, realistic lengths (lognormal, median 60, max 128): padded to the longest of a batch of 32 "
         f"{r['padding']['padded_to_longest']:.1%}, packed (data/packing.py) {r['padding']['packed']:.2%}.",
         "",
@@ -255,22 +247,23 @@ def markdown(r: dict) -> str:
             lines.append(f"| {size} | {name} | {v['median_ms']:.0f} | {v['iqr_ms']:.0f} | {v['tokens_per_s']:,.0f} | "
                          f"{v['vs_transformers_eager']:.2f}x | {v['gflops'] / p:.0%} |")
     lines.append("")
-    if r.get("compile"):
-        lines += ["### torch.compile, BERT-base inference, batch 1, length 128", "",
-                  "| system | median ms | IQR ms | compiled / eager | compile time s |", "|---|---:|---:|---:|---:|"]
-        for name, v in r["compile"].items():
-            lines.append(f"| {name} | {v['median_ms']:.1f} | {v['iqr_ms']:.1f} | "
-                         f"{v.get('vs_eager', 1):.2f} | {v.get('compile_s', 0):.0f} |")
-        lines.append("")
     for length, res in r["inference"].items():
+        flops = res["transformers eager fp32"]["gflops"] * res["transformers eager fp32"]["median_ms"] / 1e3
         lines += [f"### BERT-base inference, batch 1, length {length} (median of {next(iter(res.values()))['runs']} runs)",
-                  "", "| system | median ms | IQR ms | vs transformers eager fp32 | GFLOP/s | MFU (own precision peak) |",
-                  "|---|---:|---:|---:|---:|---:|"]
+                  "", f"{flops:.1f} GFLOP a forward: {1e3 * flops / peak['bf16']:.1f} ms at the measured bf16 peak, "
+                  f"{1e3 * flops / peak['fp32']:.1f} ms at the fp32 peak.", "",
+                  "| system | median ms | IQR ms | vs transformers eager fp32 | vs ONNX Runtime fp32 | GFLOP/s | "
+                  "MFU (own precision peak) | compile s |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        ort = res["onnxruntime fp32"]["median_ms"]
         for name, v in res.items():
             p = peak["bf16"] if "bf16" in name else peak["fp32"]
             mfu = f"{v['gflops'] / p:.0%}" if "int8" not in name else "n/a"
             lines.append(f"| {name} | {v['median_ms']:.1f} | {v['iqr_ms']:.1f} | {v['vs_transformers_eager']:.2f}x "
-                         f"| {v['gflops']:.0f} | {mfu} |")
+                         f"| {v['median_ms'] / ort:.2f}x | {v['gflops']:.0f} | {mfu} | "
+                         f"{v['compile_s']:.0f} |" if "compile_s" in v else
+                         f"| {name} | {v['median_ms']:.1f} | {v['iqr_ms']:.1f} | {v['vs_transformers_eager']:.2f}x "
+                         f"| {v['median_ms'] / ort:.2f}x | {v['gflops']:.0f} | {mfu} | - |")
         lines.append("")
     return "\n".join(lines)
 
@@ -300,9 +293,8 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d %H:%M"), "threads": threads, "cores": os.cpu_count(),
         "load": round(os.getloadavg()[0], 1), "torch": torch.__version__,
         "peak_gflops": matmul_peak(args.rounds), "amx": amx_check(), "padding": padding(),
-        "inference": inference(args.rounds, args.warmup, (128, 12)),
+        "inference": inference(args.rounds, args.warmup, (128, 12), compile=args.compile),
         "training": training(max(3, args.rounds // 2), 1),
-        "compile": compiled(args.rounds, args.warmup) if args.compile else {},
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     tmp = RESULTS.with_suffix(".json.tmp")

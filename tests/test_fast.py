@@ -70,3 +70,24 @@ def test_low_precision_keeps_minilm_embeddings(precision, least):
     cosine = torch.nn.functional.cosine_similarity(reference, fast, dim=-1)
     assert cosine.min() >= least, cosine
     assert next(model.parameters()).dtype == torch.float32  # prepare copies
+
+
+@pytest.mark.slow
+def test_compiled_fast_path_equals_eager():
+    """prepare(compile=True): torch.compile with weight freezing; fp32 equal to eager within 1e-5 (padded
+    batch included), bf16 close; int8 is refused with a clear message."""
+    torch.manual_seed(0)
+    model = Encoder(PRESETS["test-tiny"]).eval()
+    ids = torch.randint(5, model.config.vocab_size, (2, 16))
+    mask = torch.ones_like(ids)
+    mask[1, 11:] = 0
+    with torch.inference_mode():
+        ref = model(ids, mask).last_hidden_state
+        fast = prepare(model, "fp32", compile=True)
+        torch.testing.assert_close(fast(ids, mask).last_hidden_state, ref, atol=1e-5, rtol=1e-5)
+        bf16 = prepare(model, "bf16", compile=True)(ids, mask).last_hidden_state.float()
+    cos = torch.nn.functional.cosine_similarity(bf16[mask.bool()], ref[mask.bool()], dim=-1)
+    assert cos.min() > 0.99
+    assert next(model.parameters()).dtype == torch.float32  # the original is untouched
+    with pytest.raises(BertforgeError, match="int8"):
+        prepare(model, "int8", compile=True)

@@ -39,12 +39,28 @@ def set_threads(num_threads: int | None = None) -> int:
     return n
 
 
-def prepare(model: nn.Module, precision: Precision = "fp32", *, inplace: bool = False) -> nn.Module:
+def prepare(model: nn.Module, precision: Precision = "fp32", *, inplace: bool = False,
+            compile: bool = False) -> nn.Module:
     """An eval-mode inference copy of ``model`` at ``precision`` (the original is left untouched unless
-    ``inplace``: then it is converted itself, which saves a copy of the weights when loading)."""
+    ``inplace``: then it is converted itself, which saves a copy of the weights when loading).
+
+    ``compile``: torch.compile (inductor) with weight *freezing*: under no_grad, inductor treats the
+    weights as constants, folds them and pre-packs them in oneDNN's blocked layout once, instead of every
+    call re-laying them out for the AMX/AVX-512 kernels; measured 1.3x (12 tokens) to 1.6x (128 tokens)
+    faster than eager bf16 for BERT-base at batch 1 (docs/PERFORMANCE.md). Each new input shape compiles
+    once (~30 s for BERT-base on 2 cores), so it suits fixed-shape jobs (batch scoring at a fixed length,
+    a benchmark), not a server facing every length."""
     if precision not in ("fp32", "bf16", "int8"):
         raise BertforgeError(f"precision={precision!r}: expected 'fp32', 'bf16' or 'int8'")
     model = (model if inplace else copy.deepcopy(model)).eval()
+    if compile:
+        if precision == "int8":
+            raise BertforgeError("compile=True works with fp32 and bf16; int8 dynamic quantization does not compile")
+        import torch._inductor.config as inductor_config
+
+        # A process-wide inductor switch; it only changes graphs compiled without gradients (inference).
+        inductor_config.freezing = True
+        return torch.compile(prepare(model, precision, inplace=True), dynamic=False)
     if precision == "bf16":
         model = model.to(torch.bfloat16)
         for module in model.modules():
