@@ -89,21 +89,25 @@ def main() -> None:
 
     work = Path(args.work)
     doc_path = ROOT / "docs" / "ARENA.md"
-    doc = doc_path.read_text() if doc_path.is_file() else "# Recipe arena\n"
+    sections = {}
     machine = (f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores, torch {torch.__version__}, "
                f"{torch.get_num_threads()} threads, {time.strftime('%Y-%m-%d')}")
     if args.only in (None, "zh"):
         store = named_store("peoples-daily", "chinese-char", work / "zh")
         tasks = ZH_TASKS if SHARED.is_dir() else tuple(t for t in ZH_TASKS if t != "cmrc2018")
         out, command = run("zh", store, args.variants.split(",") if args.variants else ZH_VARIANTS, tasks, args, work)
-        doc = replace_marked(doc, "zh", "## Chinese: People's Daily 1998, three Chinese tasks\n\n"
-                             f"Machine: {machine}.\n\n" + section("zh", out, command))
+        sections["zh"] = ("## Chinese: People's Daily 1998, three Chinese tasks\n\n"
+                          f"Machine: {machine}.\n\n" + section("zh", out, command))
     if args.only in (None, "en"):
         store = named_store("wiki-sample", "wordpiece", work / "en", lowercase=True)
         out, command = run("en", store, args.variants.split(",") if args.variants else EN_VARIANTS, EN_TASKS, args,
                            work)
-        doc = replace_marked(doc, "en", "## English: a Wikipedia sample, Rotten Tomatoes\n\n"
-                             f"Machine: {machine}.\n\n" + section("en", out, command))
+        sections["en"] = ("## English: a Wikipedia sample, Rotten Tomatoes\n\n"
+                          f"Machine: {machine}.\n\n" + section("en", out, command))
+    # read the page only now: it may have been edited by hand while the arenas ran
+    doc = doc_path.read_text() if doc_path.is_file() else "# Recipe arena\n"
+    for key, body in sections.items():
+        doc = replace_marked(doc, key, body)
     tmp = doc_path.with_name(".ARENA.md.tmp")
     tmp.write_text(doc)
     os.replace(tmp, doc_path)

@@ -115,7 +115,8 @@ def test_claim_verdicts():
     assert judge(claim, {"x": rec(0.80), "y": rec(0.79)}, ("t",))["verdict"] == "same direction, within noise"
     assert judge(claim, {"x": rec(0.70), "y": rec(0.80)}, ("t",))["verdict"] == "not reproduced (reversed)"
     no_worse = Claim("p", "x is no worse", "x", "y", kind="no-worse")
-    assert judge(no_worse, {"x": rec(0.79), "y": rec(0.80)}, ("t",))["verdict"] == "reproduced"
+    assert judge(no_worse, {"x": rec(0.79), "y": rec(0.80)}, ("t",))["verdict"] == "consistent (no difference beyond noise)"
+    assert judge(no_worse, {"x": rec(0.90), "y": rec(0.80)}, ("t",))["verdict"] == "reproduced (better)"
     assert judge(no_worse, {"x": rec(0.60), "y": rec(0.80)}, ("t",))["verdict"] == "not reproduced"
     assert judge(claim, {"x": rec(0.8)}, ("t",)) is None  # a variant not run: no verdict
     on_task = Claim("p", "x on u", "x", "y", tasks=("u",))

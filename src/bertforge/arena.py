@@ -435,7 +435,8 @@ def judge(claim: Claim, results: dict, tasks: tuple[str, ...]) -> dict | None:
         return None
     diff, se = a[0] - b[0], math.sqrt(a[1] ** 2 + b[1] ** 2)
     if claim.kind == "no-worse":
-        verdict = "reproduced" if diff >= -2 * se else "not reproduced"
+        verdict = ("reproduced (better)" if diff > 2 * se else "consistent (no difference beyond noise)"
+                   if diff >= -2 * se else "not reproduced")
     elif diff > 2 * se:
         verdict = "reproduced"
     elif diff > 0:
@@ -490,8 +491,9 @@ def write_report(out: Path, data: dict) -> Path:
             lines.append(f"| {c.paper}: {c.text} | {c.better} vs {c.worse} | {', '.join(j['tasks'])} | "
                          f"{j['a']:.4f} | {j['b']:.4f} | {j['diff']:+.4f} (±{2 * j['se']:.4f}) | {j['verdict']} |")
         lines += ["", "Verdicts: a difference beyond two standard errors (binomial, over the test examples; for "
-                  "F1 an approximation) counts; 'no-worse' claims are reproduced unless the favoured variant loses "
-                  "by more than that.", ""]
+                  "F1 an approximation) counts. A 'no-worse' claim (the change costs nothing) is consistent with "
+                  "the data unless the favoured variant loses by more than that, and reproduced outright only if it "
+                  "wins by more; consistent at this noise level is weak evidence.", ""]
     albert = {n: r for n, r in done.items() if VARIANTS[n].recipe == "albert"}
     if len(albert) > 1:
         lines += ["## ALBERT: parameters against score", "", "| variant | embedding size | sharing | parameters | mean score |",
@@ -530,7 +532,8 @@ def _plots(out: Path, done: dict, tasks: tuple[str, ...]) -> list[tuple[str, str
             ax.scatter(x, y)
             ax.annotate(n, (x, y), fontsize=8, xytext=(3, 3), textcoords="offset points")
         ax.set_xlabel("pretraining time (CPU minutes, this machine)")
-        ax.set_ylabel(f"mean downstream score ({', '.join(tasks)})")
+        ax.set_ylabel("mean downstream score")
+        ax.set_title(f"mean of {', '.join(tasks)}", fontsize=9)
         ax.grid(alpha=0.3)
         fig.tight_layout()
         _save_fig(fig, out / "score_vs_time.png")
