@@ -441,6 +441,8 @@ def judge(claim: Claim, results: dict, tasks: tuple[str, ...]) -> dict | None:
         verdict = "reproduced"
     elif diff > 0:
         verdict = "same direction, within noise"
+    elif diff == 0:
+        verdict = "no difference"
     elif diff >= -2 * se:
         verdict = "not reproduced (opposite direction, within noise)"
     else:
