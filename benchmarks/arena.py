@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import torch
+from _docs import write_marked
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -69,14 +70,6 @@ def section(name: str, out: Path, command: str) -> str:
     return f"Command (after the stores are built as in benchmarks/arena.py):\n\n```\n{command}\n```\n{text}"
 
 
-def replace_marked(doc: str, key: str, body: str) -> str:
-    start, end = f"<!-- arena:{key}:start -->", f"<!-- arena:{key}:end -->"
-    block = f"{start}\n{body.strip()}\n{end}"
-    if start in doc:
-        return re.sub(re.escape(start) + r".*?" + re.escape(end), lambda m: block, doc, flags=re.S)
-    return doc.rstrip() + "\n\n" + block + "\n"
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--minutes", type=float, default=2.0, help="pretraining CPU minutes per variant (default 2)")
@@ -104,13 +97,9 @@ def main() -> None:
                            work)
         sections["en"] = ("## English: a Wikipedia sample, Rotten Tomatoes\n\n"
                           f"Machine: {machine}.\n\n" + section("en", out, command))
-    # read the page only now: it may have been edited by hand while the arenas ran
-    doc = doc_path.read_text() if doc_path.is_file() else "# Recipe arena\n"
+    # the page is read only now: it may have been edited by hand while the arenas ran
     for key, body in sections.items():
-        doc = replace_marked(doc, key, body)
-    tmp = doc_path.with_name(".ARENA.md.tmp")
-    tmp.write_text(doc)
-    os.replace(tmp, doc_path)
+        write_marked(doc_path, f"<!-- arena:{key}:start -->", f"<!-- arena:{key}:end -->", body, "# Recipe arena\n")
     print(f"wrote {doc_path}")
 
 

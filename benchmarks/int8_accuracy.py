@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _docs import write_marked
 
 ROOT = Path(__file__).resolve().parents[1]
 BF = [sys.executable, "-m", "bertforge"]
@@ -71,18 +72,10 @@ def main() -> None:
     out = ROOT / "benchmarks" / "results" / "int8_accuracy.json"
     out.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
     doc = ROOT / "docs" / "serving.md"
-    text = doc.read_text()
-    block = ("<!-- int8-accuracy -->\nMeasured with `benchmarks/int8_accuracy.py` "
-             f"({results['date']}; raw numbers in benchmarks/results/int8_accuracy.json), each cell the score "
-             "and its change against PyTorch fp32:\n\n" + markdown(results) + "\n<!-- /int8-accuracy -->")
-    if "<!-- /int8-accuracy -->" in text:
-        start, end = text.index("<!-- int8-accuracy -->"), text.index("<!-- /int8-accuracy -->") + len("<!-- /int8-accuracy -->")
-        text = text[:start] + block + text[end:]
-    else:
-        text = text.replace("<!-- int8-accuracy -->", block)
-    tmp = doc.with_name(".serving.md.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, doc)
+    body = ("Measured with `benchmarks/int8_accuracy.py` "
+            f"({results['date']}; raw numbers in benchmarks/results/int8_accuracy.json), each cell the score "
+            "and its change against PyTorch fp32:\n\n" + markdown(results))
+    write_marked(doc, "<!-- int8-accuracy -->", "<!-- /int8-accuracy -->", body)
     print(f"wrote {out} and {doc}")
 
 

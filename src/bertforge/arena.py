@@ -368,6 +368,7 @@ def run_arena(out: str | Path, settings: ArenaSettings, progress: bool = True,
     out = Path(out)
     state = ArenaState(out, settings)
     total = len(settings.variants)
+    worked = False  # a rerun of a finished arena keeps its finishing time
     for i, name in enumerate(settings.variants, 1):
         v = VARIANTS[name]
         record = state.result(name)
@@ -387,6 +388,7 @@ def run_arena(out: str | Path, settings: ArenaSettings, progress: bool = True,
                 state.save()
             steps = state.plan[name]["steps"]
             say(f"{head}: pretraining {steps} steps ({v.summary})" if v.pretrain else f"{head}: random initialisation")
+            worked = True
             record["pretrain"] = pretrain_variant(name, settings, steps, run_dir, progress)
             record["parameters"] = parameters(run_dir / "final")
             state.save()
@@ -395,6 +397,7 @@ def run_arena(out: str | Path, settings: ArenaSettings, progress: bool = True,
         for task in settings.tasks:
             if task in record["tasks"]:
                 continue
+            worked = True
             say(f"{head}: fine-tuning on {task}")
             record["tasks"][task] = finetune_variant(run_dir / "final", task, settings, out / "finetune" / name / task,
                                                      progress)
@@ -403,7 +406,8 @@ def run_arena(out: str | Path, settings: ArenaSettings, progress: bool = True,
         if "latency_ms" not in record:
             record["latency_ms"] = latency_ms(run_dir / "final")
             state.save()
-    state.data["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    if worked or "finished" not in state.data:
+        state.data["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     state.save()
     write_report(out, state.data)
     return state.data
