@@ -144,8 +144,20 @@ def test_killed_build_leaves_no_complete_looking_store(tmp_path, tok_dir):
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupted_build_cleans_up(tmp_path, tok_dir, sig):
-    proc, out = _start_build(tmp_path, tok_dir)
-    os.killpg(proc.pid, sig)  # Ctrl-C reaches the whole foreground process group
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130 and b"interrupted" in err
-    assert not out.exists() and not list(tmp_path.glob("store.tmp-*"))
+    # On a loaded machine the signal can land after the last token is written, when the build is already
+    # finishing: that attempt must then leave a complete store and no temporary directory, and we try
+    # again. Every attempt finishing would mean the signal is ignored.
+    for attempt in range(3):
+        work = tmp_path / str(attempt)
+        work.mkdir()
+        proc, out = _start_build(work, tok_dir)
+        os.killpg(proc.pid, sig)  # Ctrl-C reaches the whole foreground process group
+        _, err = proc.communicate(timeout=120)
+        assert not list(work.glob("store.tmp-*"))
+        if proc.returncode == 0:
+            CorpusStore(out)  # finished before the signal mattered: complete and valid
+            continue
+        assert proc.returncode == 130 and b"interrupted" in err
+        assert not out.exists()
+        return
+    raise AssertionError("three builds finished despite the signal")
