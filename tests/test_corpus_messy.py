@@ -116,7 +116,10 @@ def _start_build(tmp_path: Path, tok_dir: Path) -> tuple[subprocess.Popen, Path]
     out = tmp_path / "store"
     proc = subprocess.Popen([sys.executable, "-m", "bertforge", "corpus", "build", str(f), "--tokenizer", str(tok_dir),
                              "--out", str(out), "--workers", "1", "--quiet"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                            # a test run started in the background (`make test &`, CI) inherits SIGINT
+                            # ignored, and Python then keeps it ignored: give the build Ctrl-C's default
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline:  # wait until the build has written tokens
         tokens = list(tmp_path.glob("store.tmp-*/tokens.bin"))
