@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import torch
+from _docs import write_marked
 
 ROOT = Path(__file__).resolve().parents[1]
 LENGTHS = (12, 128)
@@ -94,16 +95,9 @@ def write_markdown(result: dict) -> None:
         for name, r in rows.items():
             lines.append(f"| {length} | {name} | {r['median_ms']:.2f} | {r['p10_ms']:.2f}-{r['p90_ms']:.2f} "
                          f"| {r['ratio_to_bertforge']:.2f} | {r['cpu_median_ms']:.2f} | {r['cpu_ratio_to_bertforge']:.2f} |")
-    lines += ["", result["note"], END]
-    path = ROOT / "docs" / "PERFORMANCE.md"
-    text = path.read_text() if path.exists() else "# Performance\n\nMeasured numbers, each from a script in benchmarks/.\n"
-    block = "\n".join(lines)
-    if START in text:
-        before, rest = text.split(START, 1)
-        text = before + block + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(text)
+    lines += ["", result["note"]]
+    write_marked(ROOT / "docs" / "PERFORMANCE.md", START, END, "\n".join(lines[1:]),
+                 "# Performance\n\nMeasured numbers, each from a script in benchmarks/.\n")
 
 
 def main() -> None:

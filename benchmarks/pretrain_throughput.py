@@ -43,6 +43,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from _docs import write_marked
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- pretrain_throughput:start -->", "<!-- pretrain_throughput:end -->"
@@ -358,17 +359,9 @@ def write_markdown(result: dict) -> None:
             f"| {row['size']} | {row['objective']} | {row['precision']} | {bf['tokens_per_s']:,.0f} "
             f"| {hf['tokens_per_s']:,.0f} | {row['speedup']:.2f}x | {row['cpu_speedup']:.2f}x "
             f"| {100 * bf['cpu_mfu']:.1f}% | {100 * hf['cpu_mfu']:.1f}% |")
-    lines += ["", result["note"], END]
-    path = ROOT / "docs" / "PERFORMANCE.md"
-    text = (path.read_text() if path.exists()
-            else "# Performance\n\nMeasured numbers, each from a script in benchmarks/.\n")
-    block = "\n".join(lines)
-    if START in text:
-        before, rest = text.split(START, 1)
-        text = before + block + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(text)
+    lines += ["", result["note"]]
+    write_marked(ROOT / "docs" / "PERFORMANCE.md", START, END, "\n".join(lines[1:]),
+                 "# Performance\n\nMeasured numbers, each from a script in benchmarks/.\n")
 
 
 def main() -> None:
