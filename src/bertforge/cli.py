@@ -12,6 +12,7 @@ import importlib
 import sys
 
 from .errors import BertforgeError
+from .runtime import tune_allocator
 
 # name -> module; a module that does not exist (yet) is simply not offered.
 COMMANDS = {
@@ -62,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
+    tune_allocator()
     try:
         return int(args._run(args) or 0)
     except BertforgeError as exc:

@@ -35,7 +35,7 @@ from torch import nn
 
 from .errors import BertforgeError
 from .features import ScalarMix, freeze_encoder, mean_pool
-from .modeling import Encoder
+from .modeling import Dropout, Encoder
 
 Task = Literal["classify", "pair", "ner", "qa", "choice"]
 IGNORE = -100
@@ -249,7 +249,7 @@ class TaskModel(nn.Module):
         super().__init__()
         self.encoder = encoder
         self.task = task
-        self.dropout = nn.Dropout(encoder.config.hidden_dropout)
+        self.dropout = Dropout(encoder.config.hidden_dropout)
         self.mix = ScalarMix(encoder.config.num_layers + 1) if task.layer_mix else None
         if task.frozen:
             freeze_encoder(encoder)
