@@ -15,8 +15,8 @@ by text (round-robin), so a change in the machine's load during the run falls on
 - ONNX Runtime fp32 / int8 in-process: the same pipeline with the encoder exported by ``bertforge.export``
   (int8: ONNX Runtime dynamic quantization) run by ONNX Runtime;
 - transformers in-process: ``BertModel`` + its tokenizer from the same directory (reference);
-- bertforge server over HTTP: ``bertforge serve`` in its own process, POST /v1/embed (fp32, and bf16
-  with ``--precision bf16``);
+- bertforge server over HTTP: ``bertforge serve`` in its own process, POST /v1/embed (fp32, bf16
+  with ``--precision bf16``, and bf16 with ``--compile``: torch.compile for every shape at start);
 - naive server over HTTP: FastAPI + transformers from the same weights, one forward per request.
 
 Then throughput and p50/p99 latency of the two servers with 1, 8 and 32 concurrent clients
@@ -54,6 +54,8 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel
 from tqdm import tqdm
+
+from _docs import write_marked
 
 ROOT = Path(__file__).resolve().parents[1]
 LENGTHS = (12, 128)
@@ -211,11 +213,11 @@ def free_port() -> int:
 class Server:
     """A server subprocess on a free loopback port; ``post(text)`` from any thread."""
 
-    def __init__(self, argv: list[str], path: str):
+    def __init__(self, argv: list[str], path: str, start_timeout: float = 120):
         self.port, self.path = free_port(), path
         self.proc = subprocess.Popen(argv + ["--port", str(self.port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self.local = threading.local()
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + start_timeout
         while True:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited: {self.proc.stderr.read().decode()[-2000:]}")
@@ -287,21 +289,23 @@ def markdown(result: dict) -> str:
             r = seq[str(n)][name]
             cells += [f"{r['mean_ms']:.2f} ({r['p50_ms']:.2f} / {r['p99_ms']:.2f})", f"{base[n] / r['mean_ms']:.2f}x"]
         rows.append(f"| {name} | " + " | ".join(cells) + f" | {cos[name]:.4f} |")
-    conc = ["| server | tokens | concurrency | throughput (req/s) | p50 ms | p99 ms |", "|---|---:|---:|---:|---:|---:|"]
+    naive = result["concurrent"].get("naive server (HTTP, FastAPI + transformers)", {})
+    conc = ["| server | tokens | concurrency | throughput (req/s) | p50 ms | p99 ms | throughput vs naive | p99 vs naive |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, by_length in result["concurrent"].items():
         for n, runs in by_length.items():
-            for r in runs:
-                conc.append(f"| {name} | {n} | {r['concurrency']} | {r['throughput_rps']:.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} |")
+            for i, r in enumerate(runs):
+                base_r = naive.get(n, [None] * len(runs))[i]
+                vs = (f"{r['throughput_rps'] / base_r['throughput_rps']:.2f}x | {r['p99_ms'] / base_r['p99_ms']:.2f}x"
+                      if base_r else "- | -")
+                conc.append(f"| {name} | {n} | {r['concurrency']} | {r['throughput_rps']:.1f} | {r['p50_ms']:.1f} | "
+                            f"{r['p99_ms']:.1f} | {vs} |")
     return "\n".join(rows) + "\n\n" + "\n".join(conc) + "\n"
 
 
 def write_doc_tables(tables: str, meta: str) -> None:
-    doc = ROOT / "docs" / "serving.md"
-    begin, end = "<!-- serving-benchmark:begin -->", "<!-- serving-benchmark:end -->"
-    text = doc.read_text()
-    head, rest = text.split(begin, 1)
-    _, tail = rest.split(end, 1)
-    doc.write_text(f"{head}{begin}\n{meta}\n\n{tables}{end}{tail}")
+    write_marked(ROOT / "docs" / "serving.md", "<!-- serving-benchmark:begin -->", "<!-- serving-benchmark:end -->",
+                 f"{meta}\n\n{tables}")
 
 
 def main() -> None:
@@ -311,6 +315,8 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=None, help="model directory (default: all-MiniLM-L6-v2)")
     parser.add_argument("--threads", type=int, default=1,
                         help="intra-op threads of every runtime in every process (default: 1; see the module doc)")
+    parser.add_argument("--rows", help="comma-separated substrings: run only the rows whose names contain one "
+                        "(prints; writes nothing)")
     parser.add_argument("--naive-server", metavar="MODEL_DIR", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -349,9 +355,15 @@ def main() -> None:
         "bertforge server bf16 (HTTP, dynamic batching)": lambda: Server(
             [sys.executable, "-m", "bertforge", "serve", str(model_dir), "--tasks", "embed", "--log-level", "warning",
              "--threads", str(t), "--precision", "bf16"], "/v1/embed"),
+        "bertforge server bf16 compiled (HTTP, dynamic batching)": lambda: Server(
+            [sys.executable, "-m", "bertforge", "serve", str(model_dir), "--tasks", "embed", "--log-level", "warning",
+             "--threads", str(t), "--precision", "bf16", "--compile"], "/v1/embed", start_timeout=900),
         "naive server (HTTP, FastAPI + transformers)": lambda: Server(
             [sys.executable, __file__, "--naive-server", str(model_dir), "--threads", str(t)], "/embed"),
     }
+    if args.rows:  # a quick look at some rows: printed, not written (the reference row always runs)
+        wanted = [w.strip() for w in args.rows.split(",")]
+        rows = {k: v for k, v in rows.items() if k == "PyTorch fp32, in-process" or any(w in k for w in wanted)}
     result: dict = {"sequential": {str(n): {} for n in LENGTHS}, "concurrent": {}, "cosine_vs_pytorch_fp32": {}}
     started: dict = {}
     try:
@@ -399,6 +411,9 @@ def main() -> None:
         "cpu_count": os.cpu_count(), "machine": platform.machine(), "load_average_at_start": load_at_start,
         "load_average_at_end": os.getloadavg(),
     }
+    if args.rows:
+        print("--rows: a subset run; benchmarks/results/serving.json and docs/serving.md left as they were")
+        return
     out = ROOT / "benchmarks" / "results" / "serving.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     meta = (f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} CPU cores ({platform.machine()}), torch "

@@ -73,21 +73,32 @@ def test_low_precision_keeps_minilm_embeddings(precision, least):
 
 
 @pytest.mark.slow
-def test_compiled_fast_path_equals_eager():
-    """prepare(compile=True): torch.compile with weight freezing; fp32 equal to eager within 1e-5 (padded
-    batch included), bf16 close; int8 is refused with a clear message."""
+@pytest.mark.parametrize("dynamic", [True, False])
+def test_compiled_fast_path_equals_eager(dynamic):
+    """prepare(compile=True): torch.compile with weight freezing; fp32 equal to eager within 1e-5 at every
+    shape (padded batches and batch size 1 included), bf16 close; int8 is refused with a clear message.
+    dynamic=True compiles its two graphs up front and then serves every shape without recompiling."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
     torch.manual_seed(0)
     model = Encoder(PRESETS["test-tiny"]).eval()
-    ids = torch.randint(5, model.config.vocab_size, (2, 16))
-    mask = torch.ones_like(ids)
-    mask[1, 11:] = 0
     with torch.inference_mode():
-        ref = model(ids, mask).last_hidden_state
-        fast = prepare(model, "fp32", compile=True)
-        torch.testing.assert_close(fast(ids, mask).last_hidden_state, ref, atol=1e-5, rtol=1e-5)
-        bf16 = prepare(model, "bf16", compile=True)(ids, mask).last_hidden_state.float()
-    cos = torch.nn.functional.cosine_similarity(bf16[mask.bool()], ref[mask.bool()], dim=-1)
-    assert cos.min() > 0.99
+        fast = prepare(model, "fp32", compile=True, dynamic=dynamic)
+        bf16 = prepare(model, "bf16", compile=True, dynamic=dynamic)
+        compiled_before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        for batch, length in [(2, 16), (1, 9), (5, 23), (3, 40)]:
+            ids = torch.randint(5, model.config.vocab_size, (batch, length))
+            mask = torch.ones_like(ids)
+            mask[-1, length // 2:] = 0 if batch > 1 else 1
+            types = torch.zeros_like(ids)  # as the pipelines call it
+            ref = model(ids, mask, types).last_hidden_state
+            torch.testing.assert_close(fast(ids, mask, types).last_hidden_state, ref, atol=1e-5, rtol=1e-5)
+            low = bf16(ids, mask, types).last_hidden_state.float()
+            cos = torch.nn.functional.cosine_similarity(low[mask.bool()], ref[mask.bool()], dim=-1)
+            assert cos.min() > 0.99
+        if dynamic:  # nothing compiled after prepare: the warm-up covered every shape
+            assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == compiled_before
     assert next(model.parameters()).dtype == torch.float32  # the original is untouched
     with pytest.raises(BertforgeError, match="int8"):
         prepare(model, "int8", compile=True)

@@ -175,3 +175,15 @@ def test_low_precision_pipelines_agree_with_fp32(ner_dir, tmp_path, precision):
     emb = torch.tensor(pipeline("feature-extraction", ner_dir, precision=precision)(["张三住在北京", "我爱上海"]))
     assert emb.dtype == torch.float32
     assert torch.nn.functional.cosine_similarity(emb32, emb, dim=-1).min() > 0.98
+
+
+@pytest.mark.slow
+def test_compiled_pipeline_equals_eager(ner_dir):
+    """pipeline(compile=True): the task model's encoder is compiled for every shape up front; entities and
+    embeddings equal the eager pipeline's (fp32 within 1e-5) across input lengths and batch sizes."""
+    eager, fast = pipeline(None, ner_dir), pipeline(None, ner_dir, compile=True)
+    assert type(fast.model.encoder).__name__ == "OptimizedModule" and fast.model.crf is not None
+    texts = ["张三住在北京。 john lives in paris", "我爱上海", "mary works at london and 张三住在北京"]
+    assert fast(texts) == eager(texts) and fast(texts[0]) == eager(texts[0])
+    fe, fe_fast = pipeline("feature-extraction", ner_dir), pipeline("feature-extraction", ner_dir, compile=True)
+    torch.testing.assert_close(torch.tensor(fe_fast(texts)), torch.tensor(fe(texts)), atol=1e-5, rtol=1e-5)

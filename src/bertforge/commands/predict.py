@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from . import add_fast_path_arguments
+
 HELP = "run inference: fill-mask, feature extraction, classification, NER, question answering"
 DESCRIPTION = """Run a pipeline on MODEL_DIR and print one JSON result per input line (formats: docs/finetuning.md).
 
@@ -32,8 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pooling", choices=("mean", "cls"), default="mean", help="feature-extraction pooling")
     p.add_argument("--base", help="base model directory of an adapter model, if it moved")
     p.add_argument("--batch-size", type=int, default=32, help="inputs per forward (default: 32)")
-    p.add_argument("--precision", choices=("fp32", "bf16", "int8"), default="fp32",
-                   help="weights: fp32, bf16 (AMX where the CPU has it) or int8 dynamic quantization")
+    add_fast_path_arguments(p)
 
 
 def _parse(line: str):
@@ -59,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     if bool(args.texts) == bool(args.input):
         raise BertforgeError("give the inputs as TEXT arguments or with --input FILE (one of the two)")
     pipe = pipeline(args.task, args.model, base=args.base, pooling=args.pooling, batch_size=args.batch_size,
-                    precision=args.precision)
+                    precision=args.precision, compile=args.compile)
     options = {} if args.top_k is None or pipe.task == "feature-extraction" else {"top_k": args.top_k}
     if args.input:
         try:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from . import add_fast_path_arguments
+
 HELP = "serve a model over HTTP (FastAPI + uvicorn) with dynamic batching, metrics and a web demo"
 DESCRIPTION = """Serve MODEL_DIR over HTTP. Endpoints, each present when the model can do the task:
 /v1/fill-mask, /v1/embed, /v1/classify, /v1/ner, /v1/qa; plus /v1/info, /healthz, /metrics
@@ -34,9 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-inputs", type=int, default=32, help="inputs per request (default: 32)")
     p.add_argument("--max-chars", type=int, default=10_000, help="characters per text (default: 10000)")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
-    p.add_argument("--precision", choices=("fp32", "bf16", "int8"), default="fp32",
-                   help="weights: fp32, bf16 (AMX on CPUs with it; ~2x faster there) or int8 (dynamic "
-                   "quantization); check the score change with `bertforge evaluate` first (default: fp32)")
+    add_fast_path_arguments(p)
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
 
@@ -71,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
         max_wait=args.max_wait_ms / 1000, max_queue=args.max_queue, api_key=api_key,
     )
     tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else None
-    app = create_app_from_dir(args.model, settings=settings, tasks=tasks, precision=args.precision)
+    app = create_app_from_dir(args.model, settings=settings, tasks=tasks, precision=args.precision,
+                              compile=args.compile)
     try:
         public = not ipaddress.ip_address(args.host).is_loopback
     except ValueError:  # a host name

@@ -40,27 +40,28 @@ def set_threads(num_threads: int | None = None) -> int:
 
 
 def prepare(model: nn.Module, precision: Precision = "fp32", *, inplace: bool = False,
-            compile: bool = False) -> nn.Module:
+            compile: bool = False, dynamic: bool = True) -> nn.Module:
     """An eval-mode inference copy of ``model`` at ``precision`` (the original is left untouched unless
     ``inplace``: then it is converted itself, which saves a copy of the weights when loading).
 
-    ``compile``: torch.compile (inductor) with weight *freezing*: under no_grad, inductor treats the
-    weights as constants, folds them and pre-packs them in oneDNN's blocked layout once, instead of every
-    call re-laying them out for the AMX/AVX-512 kernels; measured 1.3x (12 tokens) to 1.6x (128 tokens)
-    faster than eager bf16 for BERT-base at batch 1 (docs/PERFORMANCE.md). Each new input shape compiles
-    once (~30 s for BERT-base on 2 cores), so it suits fixed-shape jobs (batch scoring at a fixed length,
-    a benchmark), not a server facing every length."""
+    ``compile``: torch.compile (inductor) of the encoder with weight *freezing*: under no_grad, inductor
+    treats the weights as constants, folds them and pre-packs them in oneDNN's blocked layout once,
+    instead of every call re-laying them out for the AMX/AVX-512 kernels, and fuses the element-wise work
+    (GELU, LayerNorm, residual adds) into the GEMMs' epilogues. ``dynamic`` (default): one graph for every
+    batch size >= 2 and length, plus one for batch size 1; both are compiled here, on a dummy batch, so a
+    server's first request does not wait (MiniLM ~60 s on one core, BERT-base ~40 s on two; inductor
+    caches them on disk for the next start). ``dynamic=False``: one graph per input shape, compiled at its
+    first call: ~15% faster at a fixed shape (BERT-base bf16 batch 1 x 128: 54 vs 64 ms; eager 98 ms), for
+    fixed-shape jobs. Measured in docs/PERFORMANCE.md. A model with an ``encoder`` attribute (task models,
+    the masked-LM model) gets only its encoder compiled: the heads are cheap and some (the CRF's Viterbi
+    loop) do not trace."""
     if precision not in ("fp32", "bf16", "int8"):
         raise BertforgeError(f"precision={precision!r}: expected 'fp32', 'bf16' or 'int8'")
     model = (model if inplace else copy.deepcopy(model)).eval()
     if compile:
         if precision == "int8":
             raise BertforgeError("compile=True works with fp32 and bf16; int8 dynamic quantization does not compile")
-        import torch._inductor.config as inductor_config
-
-        # A process-wide inductor switch; it only changes graphs compiled without gradients (inference).
-        inductor_config.freezing = True
-        return torch.compile(prepare(model, precision, inplace=True), dynamic=False)
+        return _compiled(prepare(model, precision, inplace=True), dynamic)
     if precision == "bf16":
         model = model.to(torch.bfloat16)
         for module in model.modules():
@@ -76,6 +77,27 @@ def prepare(model: nn.Module, precision: Precision = "fp32", *, inplace: bool = 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.ao.quantization announces its move to torchao
             return quantize_dynamic(model, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
+    return model
+
+
+def _compiled(model: nn.Module, dynamic: bool) -> nn.Module:
+    import torch._inductor.config as inductor_config
+
+    from ..modeling import Encoder
+
+    # A process-wide inductor switch; it only changes graphs compiled without gradients (inference).
+    inductor_config.freezing = True
+    if isinstance(model, Encoder):
+        model = encoder = torch.compile(model, dynamic=dynamic)
+    elif isinstance(getattr(model, "encoder", None), Encoder):
+        encoder = model.encoder = torch.compile(model.encoder, dynamic=dynamic)
+    else:
+        raise BertforgeError(f"compile=True needs an Encoder or a model with an .encoder, not {type(model).__name__}")
+    if dynamic:  # compile both graphs now: batch size 1 (torch specializes on it) and the general one
+        with torch.inference_mode():
+            for batch in (1, 2):
+                ids = torch.zeros(batch, 8, dtype=torch.long)
+                encoder(ids, torch.ones_like(ids), torch.zeros_like(ids))
     return model
 
 

@@ -478,10 +478,11 @@ def _add_route(app: FastAPI, task: Task, run_task: Callable) -> None:
 
 # ---- from a model directory --------------------------------------------------------------------------
 def load_pipelines(model_dir: str | Path, tasks: list[str] | None = None,
-                   precision: str = "fp32") -> tuple[dict[str, Any], dict[str, Any]]:
+                   precision: str = "fp32", compile: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
     """The pipelines a model directory supports, sharing one copy of its weights, and what /v1/info
     shows about them: (endpoint name -> pipeline, {"mask_token", "labels"}). ``precision``: "fp32",
-    "bf16" or "int8" weights (inference/fast.py).
+    "bf16" or "int8" weights; ``compile``: torch.compile the encoder for every shape before serving
+    (inference/fast.py).
 
     A fine-tuned directory serves its own task plus "embed" from its encoder; a pretrained one serves
     "embed", and "fill-mask" when it has a masked-LM head. ``tasks`` picks a subset."""
@@ -498,7 +499,7 @@ def load_pipelines(model_dir: str | Path, tasks: list[str] | None = None,
     meta: dict[str, Any] = {"mask_token": None, "labels": {}, "classify_pairs": False}
     if is_task_directory(model_dir):
         model, tok = load_task_model(model_dir)
-        model = prepare(model, precision, inplace=True)
+        model = prepare(model, precision, inplace=True, compile=compile)
         kind = model.task.task
         own = {"classify": ("classify", P.TextClassification), "pair": ("classify", P.TextClassification),
                "ner": ("ner", P.TokenClassification), "qa": ("qa", P.QuestionAnswering)}.get(kind)
@@ -511,7 +512,7 @@ def load_pipelines(model_dir: str | Path, tasks: list[str] | None = None,
         meta["classify_pairs"] = kind == "pair"
         encoder = model.encoder
     else:
-        mlm = prepare(AutoModelForMaskedLM.from_pretrained(model_dir), precision, inplace=True)
+        mlm = prepare(AutoModelForMaskedLM.from_pretrained(model_dir), precision, inplace=True, compile=compile)
         tok = AutoTokenizer.from_pretrained(model_dir)
         if mlm.mlm is not None:
             available["fill-mask"] = lambda: P.FillMask(mlm, tok)
@@ -526,9 +527,9 @@ def load_pipelines(model_dir: str | Path, tasks: list[str] | None = None,
 
 
 def create_app_from_dir(model_dir: str | Path, *, settings: ServeSettings | None = None, tasks: list[str] | None = None,
-                        precision: str = "fp32") -> FastAPI:
+                        precision: str = "fp32", compile: bool = False) -> FastAPI:
     """``create_app`` over the pipelines of a model directory (see ``load_pipelines``)."""
-    pipelines, meta = load_pipelines(model_dir, tasks, precision)
+    pipelines, meta = load_pipelines(model_dir, tasks, precision, compile)
     return create_app(pipelines, settings=settings, model_name=Path(model_dir).resolve().name, **meta)
 
 

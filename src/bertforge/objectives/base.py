@@ -40,9 +40,12 @@ def classification_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[to
     the graph (backward works, nothing moves) instead of NaN. Computed in float32 under mixed precision.
     """
     n = max(targets.numel(), 1)
-    logits = logits.float()  # argmax of float32 is also 2x faster than of bfloat16 (30 vs 15 ms at [321, 30522])
+    logits = logits.float()
     loss = F.cross_entropy(logits, targets, reduction="sum") / n
-    accuracy = (logits.detach().argmax(-1) == targets).sum() / n
+    # Correct when the target's logit is the row maximum (a tie counts as correct). amax is a vectorized
+    # reduction: at [321, 30522] 2.6 ms, where argmax takes 15 ms (float32) or 30 ms (bfloat16).
+    with torch.no_grad():
+        accuracy = (logits.gather(1, targets[:, None]).squeeze(1) >= logits.amax(-1)).sum() / n
     return loss, accuracy
 
 
