@@ -110,6 +110,9 @@ def main() -> None:
         parser.error("--rounds must be at least 20")
     if args.threads:
         torch.set_num_threads(args.threads)
+    from bertforge.runtime import tune_allocator
+
+    tune_allocator()  # as the CLI does; the transformers rows, in this process, get it too
     import transformers
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -124,9 +127,10 @@ def main() -> None:
         "note": "bertforge runs one fused H -> 3H QKV GEMM per layer where transformers runs three H -> H "
                 "projections, and has fewer module calls per layer. At batch 1 the forward is bound by "
                 "streaming the 110M fp32 weights, which all three do once per call, so they land close "
-                f"together. Other processes shared the machine (1-minute load average {load:.1f} at the end "
-                "of the run), which inflates the absolute times; round-robin timing spreads that load over "
-                "all three alike, and the CPU-time columns are the less disturbed comparison.",
+                "together." + (f" Other processes shared the machine (1-minute load average {load:.1f} at "
+                "the end of the run), which inflates the absolute times; round-robin timing spreads that load "
+                "over all three alike, and the CPU-time columns are the less disturbed comparison." if load > 1.5
+                else f" The machine was otherwise idle (1-minute load average {load:.1f} at the end)."),
     }
     for length, rows in lengths.items():
         for name, r in rows.items():

@@ -374,6 +374,9 @@ def main() -> None:
     parser.add_argument("--precisions", default="fp32,bf16")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    from bertforge.runtime import tune_allocator
+
+    tune_allocator()  # as the CLI does; transformers, in this process, gets it too
     import transformers
 
     transformers.logging.set_verbosity_error()
@@ -427,17 +430,23 @@ def note(rows: list[dict], load: float) -> str:
         "also runs one fused QKV GEMM per layer. Both use SDPA attention and pad alike, so padding costs them "
         "the same. Masking is cheaper too (vectorized numpy, ~2 ms for a batch of 32, against ~11 ms for the "
         f"collator).{least} Where the rest of bertforge's step goes (torch profiler, small ELECTRA, fp32): "
-        "GEMMs about half; AdamW (now the fused CPU kernel, as transformers' Trainer uses: 29 ms instead of "
-        "the for-loop's 225 ms for a 30,522 x 512 embedding plus 24 512 x 512 matrices); dropout masks about "
-        "7%; and ELECTRA's "
-        "generator sampling, `torch.multinomial`, which draws one exponential random number per vocabulary "
-        "entry at every masked position (6% of the step at small, 35% at tiny); an inverse-CDF draw (cumsum + "
-        "searchsorted, one uniform per position) is about 10x cheaper. The transformers ELECTRA glue samples "
-        "the same way. The machine "
-        f"was shared with other jobs (1-minute load average {load:.1f} at the end, on 2 cores): absolute "
-        "numbers are depressed and noisy, so each round runs the two frameworks back to back on the same "
-        "batch, the speedup is the median of those paired ratios, and the CPU-time columns are the less "
-        "disturbed comparison."
+        "GEMMs most of the rest; AdamW (the fused CPU kernel, as transformers' Trainer uses: 29 ms instead of "
+        "the for-loop's 225 ms for a 30,522 x 512 embedding plus 24 512 x 512 matrices). Three CPU costs "
+        "bertforge removed that transformers still pays: dropout masks from `bernoulli_` (one Mersenne-Twister "
+        "draw per element, 21% of a small bf16 step; bertforge's modeling.dropout draws 16-bit uniforms from "
+        "numpy's SFC64, ~10x cheaper), the CPU flash-attention backward (slower than the eager backward; "
+        "bertforge trains with eager attention on CPU), and page faults on every big tensor (glibc hands "
+        "allocations over 32 MB to mmap/munmap; bertforge.runtime.tune_allocator keeps them in the heap; "
+        "this process applies it to both frameworks). ELECTRA's generator samples by inverse CDF (one "
+        "uniform per masked position) where `torch.multinomial` draws one exponential per vocabulary entry; "
+        "the transformers ELECTRA glue uses multinomial."
+        + (f" The machine was shared with other jobs (1-minute load average {load:.1f} at the end, on 2 "
+           "cores): absolute numbers are depressed and noisy; each round runs the two frameworks back to back "
+           "on the same batch, the speedup is the median of those paired ratios, and the CPU-time columns "
+           "are the less disturbed comparison." if load > 1.5 else
+           f" The machine was otherwise idle (1-minute load average {load:.1f} at the end); each round runs "
+           "the two frameworks back to back on the same batch and the speedup is the median of those paired "
+           "ratios.")
     )
 
 

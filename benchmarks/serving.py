@@ -22,11 +22,13 @@ by text (round-robin), so a change in the machine's load during the run falls on
 Then throughput and p50/p99 latency of the two servers with 1, 8 and 32 concurrent clients
 (``--concurrent-requests`` each). Every row runs in a process of its own (in-process rows time the call
 inside that process; HTTP rows time the round trip from this one); clients are keep-alive
-``http.client`` connections, one per thread. Every runtime gets ``--threads`` intra-op threads
-(default 1): on a small machine whose cores other jobs share, torch's two-thread OpenMP pool stalls at
-every operator whenever one of its threads is descheduled (measured here: transformers' MiniLM forward
-at 12 tokens took 0.9-1.8 s with two threads, 45 ms with one), which would measure the machine's
-load rather than the runtimes. Everything shares this machine's cores,
+``http.client`` connections, one per thread. By default every runtime keeps its default thread count
+(one intra-op thread per core), which is what a deployment gets; the naive server also runs concurrent
+requests in FastAPI's thread pool, so it uses both cores even one forward at a time. ``--threads N`` pins
+every runtime to N threads instead: use 1 on a machine other jobs share, where torch's two-thread OpenMP
+pool stalls at every operator whenever one of its threads is descheduled (measured here under load:
+transformers' MiniLM forward at 12 tokens took 0.9-1.8 s with two threads, 45 ms with one), which would
+measure the machine's load rather than the runtimes. Everything shares this machine's cores,
 so absolute numbers depend on the machine; ratios in the same run are the point.
 
     .venv/bin/python benchmarks/serving.py [--requests 1000] [--concurrent-requests 1000]
@@ -134,7 +136,8 @@ def transformers_runner(model_dir: Path):
 
 def _runner(spec: tuple):
     kind, threads, model_dir, *rest = spec
-    torch.set_num_threads(threads)
+    if threads:  # 0: torch's default (one per core)
+        torch.set_num_threads(threads)
     if kind == "transformers":
         return transformers_runner(model_dir)
     return bertforge_pipeline(model_dir, *rest, threads=threads)
@@ -313,8 +316,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1000, help="sequential requests per row and length")
     parser.add_argument("--concurrent-requests", type=int, default=1000, help="requests per concurrency level")
     parser.add_argument("--model", type=Path, default=None, help="model directory (default: all-MiniLM-L6-v2)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="intra-op threads of every runtime in every process (default: 1; see the module doc)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="intra-op threads of every runtime in every process; 0: each runtime's default, one "
+                        "per core (default: 0; see the module doc)")
     parser.add_argument("--rows", help="comma-separated substrings: run only the rows whose names contain one "
                         "(prints; writes nothing)")
     parser.add_argument("--naive-server", metavar="MODEL_DIR", help=argparse.SUPPRESS)
@@ -323,7 +327,8 @@ def main() -> None:
     if args.naive_server:  # child process: run the baseline server
         import uvicorn
 
-        torch.set_num_threads(args.threads)
+        if args.threads:
+            torch.set_num_threads(args.threads)
         uvicorn.run(naive_app(args.naive_server), host="127.0.0.1", port=args.port, log_level="warning")
         return
 
@@ -342,6 +347,7 @@ def main() -> None:
     int8 = quantize_onnx(fp32, tmp / "model.int8.onnx")
 
     t = args.threads
+    thr = ["--threads", str(t)] if t else []  # 0: every process keeps its runtime's default thread count
     rows = {
         "PyTorch fp32, in-process": lambda: Worker(("bertforge", t, model_dir)),
         "PyTorch bf16 (AMX), in-process": lambda: Worker(("bertforge", t, model_dir, "bf16")),
@@ -351,15 +357,15 @@ def main() -> None:
         "transformers fp32, in-process": lambda: Worker(("transformers", t, model_dir)),
         "bertforge server (HTTP, dynamic batching)": lambda: Server(
             [sys.executable, "-m", "bertforge", "serve", str(model_dir), "--tasks", "embed", "--log-level", "warning",
-             "--threads", str(t)], "/v1/embed"),
+             *thr], "/v1/embed"),
         "bertforge server bf16 (HTTP, dynamic batching)": lambda: Server(
             [sys.executable, "-m", "bertforge", "serve", str(model_dir), "--tasks", "embed", "--log-level", "warning",
-             "--threads", str(t), "--precision", "bf16"], "/v1/embed"),
+             *thr, "--precision", "bf16"], "/v1/embed"),
         "bertforge server bf16 compiled (HTTP, dynamic batching)": lambda: Server(
             [sys.executable, "-m", "bertforge", "serve", str(model_dir), "--tasks", "embed", "--log-level", "warning",
-             "--threads", str(t), "--precision", "bf16", "--compile"], "/v1/embed", start_timeout=900),
+             *thr, "--precision", "bf16", "--compile"], "/v1/embed", start_timeout=900),
         "naive server (HTTP, FastAPI + transformers)": lambda: Server(
-            [sys.executable, __file__, "--naive-server", str(model_dir), "--threads", str(t)], "/embed"),
+            [sys.executable, __file__, "--naive-server", str(model_dir), *thr], "/embed"),
     }
     if args.rows:  # a quick look at some rows: printed, not written (the reference row always runs)
         wanted = [w.strip() for w in args.rows.split(",")]
@@ -418,8 +424,12 @@ def main() -> None:
     out.write_text(json.dumps(result, indent=2) + "\n")
     meta = (f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} CPU cores ({platform.machine()}), torch "
             f"{torch.__version__}, {args.requests} sequential requests per cell, {args.concurrent_requests} per "
-            f"concurrency level, {args.threads} intra-op thread(s) per runtime; 1-minute load average {load_at_start[0]:.1f} at the start, "
-            f"{os.getloadavg()[0]:.1f} at the end (other jobs shared the cores). "
+            f"concurrency level, "
+            + (f"{args.threads} intra-op thread(s) per runtime" if args.threads else
+               "every runtime at its default thread count (torch and ONNX Runtime: one per core; the naive "
+               "server also runs concurrent requests in FastAPI's thread pool)")
+            + f"; 1-minute load average {load_at_start[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
+            + (" (other jobs shared the cores). " if load_at_start[0] > 1.5 else ". ") +
             "Raw numbers: benchmarks/results/serving.json.")
     write_doc_tables(markdown(result), meta)
     print(f"wrote {out} and docs/serving.md")

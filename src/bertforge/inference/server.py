@@ -197,11 +197,16 @@ def _cost(item: Any) -> int:
     return sum(map(len, item.values())) if isinstance(item, dict) else len(item)
 
 
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+
+
 def _jsonable(value: Any) -> Any:
     """Pipeline results may hold numpy or torch scalars and arrays; JSON needs plain Python."""
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
+        if all(type(v) in _PLAIN for v in value):  # e.g. an embedding: 384 floats, no call per element
+            return list(value)
         return [_jsonable(v) for v in value]
     if isinstance(value, torch.Tensor):
         return value.detach().cpu().tolist()
