@@ -18,6 +18,7 @@ enc["token_type_ids"], pad_id=tok.pad_token_id)`` over the unpadded encodings of
 from __future__ import annotations
 
 import copy
+import logging
 import os
 from typing import Callable, Literal, Sequence
 
@@ -87,6 +88,9 @@ def _compiled(model: nn.Module, dynamic: bool) -> nn.Module:
 
     # A process-wide inductor switch; it only changes graphs compiled without gradients (inference).
     inductor_config.freezing = True
+    # The encoder asks whether a mask holds packed sequences (a data-dependent ``.item()``): dynamo splits the
+    # graph there, once per forward, by design. Its multi-line warning about it would greet every server start.
+    logging.getLogger("torch._dynamo.variables.tensor").setLevel(logging.ERROR)
     if isinstance(model, Encoder):
         model = encoder = torch.compile(model, dynamic=dynamic)
     elif isinstance(getattr(model, "encoder", None), Encoder):
