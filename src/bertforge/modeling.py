@@ -20,6 +20,7 @@ the checkpoint converters split and join it.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -61,17 +62,21 @@ ACTIVATIONS = {
 _UINT = {2: np.uint16, 4: np.uint32, 8: np.uint64}
 
 
+@functools.lru_cache(maxsize=None)
+def _kept_bits(p: float, dtype: torch.dtype) -> np.unsignedinteger:
+    """The bit pattern of 1/(1-p) in ``dtype``, as the unsigned integer of the same width."""
+    bits = torch.tensor(1.0 / (1.0 - p), dtype=dtype).view(getattr(torch, f"int{dtype.itemsize * 8}")).item()
+    return _UINT[dtype.itemsize](bits & (2 ** (dtype.itemsize * 8) - 1))
+
+
 def dropout_keep(shape: torch.Size | tuple[int, ...], p: float, dtype: torch.dtype) -> torch.Tensor:
     """A CPU tensor of ``shape``: 1/(1-p) where an element is kept, 0 where dropped (probability p)."""
     n = math.prod(shape)
     seed = int(torch.randint(0, 2**62, (1,)).item())
     draws = np.random.SFC64(seed).random_raw((n + 3) // 4).view(np.uint16)[:n]  # n uniform 16-bit draws
-    keep = (draws >= np.uint16(round(p * 65536))).view(np.uint8)
-    # the bit pattern of 1/(1-p) in ``dtype``, times 0/1: the scaled mask in one numpy pass, no float math
-    scale = torch.tensor(1.0 / (1.0 - p), dtype=dtype).view(getattr(torch, f"int{dtype.itemsize * 8}")).item()
-    uint = _UINT[dtype.itemsize]
-    mask = keep * uint(scale & (2 ** (dtype.itemsize * 8) - 1))
-    return torch.from_numpy(mask.astype(uint, copy=False)).view(dtype).view(shape)
+    # 0/1 times the bit pattern of 1/(1-p): the scaled mask in one numpy pass, no float math
+    mask = (draws >= np.uint16(round(p * 65536))).view(np.uint8) * _kept_bits(p, dtype)
+    return torch.from_numpy(mask).view(dtype).view(shape)
 
 
 def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:

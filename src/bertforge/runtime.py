@@ -3,8 +3,9 @@
 ``tune_allocator()``: glibc malloc serves every allocation above its mmap threshold (at most 32 MB) with a
 fresh ``mmap`` and returns it with ``munmap`` on free, so each step of a training loop page-faults its big
 tensors in again, one 4 KB page at a time: the [N, 30,522] MLM logits, the fp32 <-> bf16 copy of the tied
-embedding matrix, its gradient. In a small bf16 pretraining step that was 14% of the time (1,075 ms ->
-922 ms with the tuning; docs/PERFORMANCE.md); a 15.6M-element fp32 -> bf16 cast took 25 ms instead of 6.
+embedding matrix, its gradient. In a small bf16 pretraining step that was 15-30% of the time (1,075 ms ->
+750-920 ms with the tuning across runs; docs/PERFORMANCE.md); a 15.6M-element fp32 -> bf16 cast took 25 ms
+instead of 6.
 Turning mmap off for malloc (M_MMAP_MAX = 0) and never trimming the heap (M_TRIM_THRESHOLD) keeps freed
 memory in the process for the next step, the reason PyTorch's CPU tuning guides preload jemalloc or
 tcmalloc; mallopt needs no extra library. The cost: the process keeps its peak heap size until it exits.
@@ -30,8 +31,8 @@ def tune_allocator() -> bool:
         if os.environ.get("BERTFORGE_MALLOC", "").lower() != "default" and platform.libc_ver()[0] == "glibc":
             try:
                 libc = ctypes.CDLL("libc.so.6")
-                # mallopt returns 1 on success; the trim threshold is a C int: the largest one
-                _tuned = bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
-            except (OSError, AttributeError):
-                _tuned = False
+            except OSError:
+                return False
+            # mallopt returns 1 on success; the trim threshold is a C int: the largest one
+            _tuned = bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
     return _tuned

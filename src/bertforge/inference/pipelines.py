@@ -343,7 +343,7 @@ def pipeline(task: str | None, model: str | Path, *, base: str | Path | None = N
     if task == "feature-extraction":
         from ..auto import AutoModel
 
-        return FeatureExtraction(prepare(AutoModel.from_pretrained(model), precision, inplace=True, compile=compile), tok, pooling, normalize,
-                                 batch_size)
+        encoder = prepare(AutoModel.from_pretrained(model), precision, inplace=True, compile=compile)
+        return FeatureExtraction(encoder, tok, pooling, normalize, batch_size)
     raise BertforgeError(f"{model} is not a fine-tuned directory (no task.json); {task or 'its task'} needs one "
                          "(bertforge finetune writes it)")
