@@ -97,10 +97,10 @@ def test_mlm_projects_only_the_masked_positions():
     model = PretrainingModel(TINY, heads=("mlm",)).eval()
     batch = make_batch()
     seen = []
-    model.mlm.register_forward_hook(lambda module, args, output: seen.append((args[0].shape, output.shape)))
+    model.mlm.dense.register_forward_hook(lambda module, args, output: seen.append((args[0].shape, output.shape)))
     loss, metrics = MLMObjective(model)(batch)
     n = int((batch["mlm_labels"] != -100).sum())
-    assert seen == [((n, TINY.hidden_size), (n, TINY.vocab_size))]
+    assert seen == [((n, TINY.hidden_size), (n, TINY.emb_size))]
     # same value as projecting every position and ignoring the unmasked ones
     full = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])["mlm_logits"]
     reference = F.cross_entropy(full.flatten(0, 1), batch["mlm_labels"].flatten(), ignore_index=-100)
@@ -142,7 +142,8 @@ def test_sbo_reads_only_boundaries_and_positions():
     batch = make_batch()
     objective = SBOObjective(model)
     captured = []
-    model.sbo.register_forward_hook(lambda module, args, output: captured.append([a.clone() for a in args[:3]]))
+    features = model.sbo.features
+    model.sbo.features = lambda *args: (captured.append([a.clone() for a in args]), features(*args))[1]
     hidden = torch.randn(4, 16, TINY.hidden_size)
 
     def run(h):

@@ -25,10 +25,14 @@ class MLMHead(nn.Module):
         self.norm = nn.LayerNorm(e, eps=config.layer_norm_eps)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
 
+    def features(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden: [..., H] -> [..., E], the input of the vocabulary projection (``forward`` = that projection
+        of these; the MLM objective hands them to objectives.base.linear_cross_entropy instead)."""
+        return self.norm(self.act(self.dense(hidden)))
+
     def forward(self, hidden: torch.Tensor, embedding_weight: torch.Tensor) -> torch.Tensor:
         """hidden: [..., H] (pass only the masked positions to skip the rest of the V-wide GEMM) -> [..., V]."""
-        h = self.norm(self.act(self.dense(hidden)))
-        return nn.functional.linear(h, embedding_weight, self.bias)
+        return nn.functional.linear(self.features(hidden), embedding_weight, self.bias)
 
 
 class PairHead(nn.Module):
@@ -75,17 +79,18 @@ class SpanBoundaryHead(nn.Module):
         self.norm2 = nn.LayerNorm(e, eps=config.layer_norm_eps)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
 
-    def forward(
+    def features(
         self,
         left: torch.Tensor,  # [N, H] representation of the token before the span (x_{s-1})
         right: torch.Tensor,  # [N, H] representation of the token after the span (x_{e+1})
         relative_position: torch.Tensor,  # [N] int64, 0 for the span's first token
-        embedding_weight: torch.Tensor,  # [V, E]
-    ) -> torch.Tensor:  # [N, V]
+    ) -> torch.Tensor:  # [N, E], the input of the vocabulary projection
         z = torch.cat([left, right, self.position(relative_position)], dim=-1)
         z = self.norm1(nn.functional.gelu(self.layer1(z)))
-        z = self.norm2(nn.functional.gelu(self.layer2(z)))
-        return nn.functional.linear(z, embedding_weight, self.bias)
+        return self.norm2(nn.functional.gelu(self.layer2(z)))
+
+    def forward(self, left, right, relative_position, embedding_weight: torch.Tensor) -> torch.Tensor:  # [N, V]
+        return nn.functional.linear(self.features(left, right, relative_position), embedding_weight, self.bias)
 
 
 HEADS = {"mlm": MLMHead, "pair": PairHead, "rtd": ReplacedTokenHead, "sbo": SpanBoundaryHead}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..modeling import EncoderOutput
-from .base import IGNORE, Batch, HeadObjective, as_floats, classification_loss, require
+from .base import IGNORE, Batch, HeadObjective, as_floats, linear_cross_entropy, require
 
 
 class MLMObjective(HeadObjective):
@@ -24,6 +24,8 @@ class MLMObjective(HeadObjective):
         require(batch, self.batch_keys, self.name)
         labels = batch["mlm_labels"]  # [B, L]
         chosen = labels != IGNORE  # [B, L] bool
-        logits = self.model.mlm_logits(out.last_hidden_state[chosen])  # [N, H] -> [N, V]
-        loss, accuracy = classification_loss(logits, labels[chosen])
+        features = self.model.mlm.features(out.last_hidden_state[chosen])  # [N, H] -> [N, E]
+        # the [N, V] logits are never kept in float32: projection, softmax and gradient fused, chunk by chunk
+        loss, accuracy = linear_cross_entropy(features, self.model.embedding_weight, self.model.mlm.bias,
+                                              labels[chosen])
         return loss, as_floats(mlm_loss=loss, mlm_acc=accuracy)

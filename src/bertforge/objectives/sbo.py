@@ -12,7 +12,7 @@ import torch
 
 from ..errors import BertforgeError
 from ..modeling import EncoderOutput
-from .base import Batch, HeadObjective, as_floats, classification_loss, require
+from .base import Batch, HeadObjective, as_floats, linear_cross_entropy, require
 
 
 class SBOObjective(HeadObjective):
@@ -37,6 +37,7 @@ class SBOObjective(HeadObjective):
                 f"objective 'sbo': span_position {int(relative.max())} is outside the head's table of "
                 f"{longest} positions; set MaskingConfig.sbo_max_targets <= {longest}"
             )
-        logits = self.model.sbo(left, right, relative, self.model.embedding_weight)  # [N, V]
-        loss, accuracy = classification_loss(logits, batch["mlm_labels"][inside])
+        features = self.model.sbo.features(left, right, relative)  # [N, E]; its [N, V] logits fused into the loss
+        loss, accuracy = linear_cross_entropy(features, self.model.embedding_weight, self.model.sbo.bias,
+                                              batch["mlm_labels"][inside])
         return loss, as_floats(sbo_loss=loss, sbo_acc=accuracy)
