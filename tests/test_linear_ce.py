@@ -90,3 +90,27 @@ def test_no_grad_and_nothing_to_predict():
     loss, accuracy = linear_cross_entropy(hidden[:0], weight, bias, targets[:0])
     loss.backward()  # still in the graph: a batch with nothing masked trains nothing and does not fail
     assert loss.item() == 0.0 and accuracy.item() == 0.0 and weight.grad.abs().sum() == 0
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 0.5])
+def test_fused_sampling_draws_from_the_softmax_at_the_temperature(monkeypatch, temperature):
+    """ELECTRA's generator samples from the chunks of the fused pass: a chi-square goodness-of-fit test (fixed
+    seed) of 60,000 draws from one row of logits against softmax(logits / T), over many chunks; and the loss
+    and gradients are those of linear_cross_entropy."""
+    from scipy.stats import chisquare
+
+    monkeypatch.setattr(base, "_CHUNK_ELEMENTS", 12 * 1000)  # 1,000 rows per chunk of V 12
+    torch.manual_seed(0)
+    hidden = torch.randn(1, 6).expand(60_000, -1).contiguous().requires_grad_()
+    weight, bias = torch.randn(12, 6, requires_grad=True), torch.randn(12, requires_grad=True)
+    targets = torch.randint(0, 12, (60_000,))
+    loss, accuracy, draws = base.linear_cross_entropy_and_sample(hidden, weight, bias, targets, temperature)
+    probs = torch.softmax((F.linear(hidden[0], weight, bias) / temperature).double(), -1).detach()
+    counts = torch.bincount(draws, minlength=12).double()
+    assert chisquare(counts.numpy(), (probs * counts.sum()).numpy()).pvalue > 0.01
+    plain = loss_and_grads(linear_cross_entropy, hidden, weight, bias, targets)
+    weight.grad = None
+    loss.backward()
+    torch.testing.assert_close(loss.detach(), plain[0])
+    torch.testing.assert_close(accuracy, plain[1])
+    torch.testing.assert_close(weight.grad, plain[3])

@@ -142,7 +142,7 @@ def test_inverse_cdf_sampling_matches_the_distribution():
     zero-probability entries never drawn."""
     from scipy.stats import chisquare
 
-    from bertforge.objectives.electra import sample_categorical
+    from bertforge.objectives.base import sample_categorical
 
     torch.manual_seed(0)
     probs = torch.softmax(torch.randn(50) * 2, -1)

@@ -57,11 +57,12 @@ _TINY = 1e-30  # a target probability below this underflowed in float32; its los
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
-    """Sum over rows of -log softmax(hidden @ weight.T + bias)[target], and the number of rows whose target
-    logit is the row maximum; the gradient of the sum is made in the same pass (see linear_cross_entropy)."""
+    """Sum over rows of -log softmax(hidden @ weight.T + bias)[target], the number of rows whose target
+    logit is the row maximum, and (``temperature`` not None) one draw per row from softmax(logits / T);
+    the gradient of the sum is made in the same pass (see linear_cross_entropy)."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, dtype):
+    def forward(ctx, hidden, weight, bias, targets, dtype, temperature):
         n, v = targets.numel(), weight.shape[0]
         with torch.autocast(hidden.device.type, enabled=False):
             h, w = hidden.to(dtype), weight.to(dtype)
@@ -76,6 +77,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             rows = torch.arange(n, device=device)
             target_logit = logits[rows, targets].to(wide) + (0 if bias is None else bias[targets])
             top, target_p = torch.empty(n, dtype=wide, device=device), torch.empty(n, dtype=wide, device=device)
+            samples = torch.empty(n if temperature is not None else 0, dtype=torch.long, device=device)
             step = min(max(1, _CHUNK_ELEMENTS // v), n)
             buffer = torch.empty(step, v, dtype=wide, device=device) if dtype != wide else None
             for start in range(0, n, step):
@@ -87,6 +89,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 torch.amax(p, 1, out=top[start:stop])
                 torch.ops.aten._softmax.out(p, 1, False, out=p)  # in place: no second chunk-sized buffer
                 target_p[start:stop] = p[rows[: stop - start], targets[start:stop]]
+                if temperature is not None:  # softmax(z / T) is proportional to softmax(z) ** (1 / T)
+                    samples[start:stop] = sample_categorical(p if temperature == 1 else p.pow(1 / temperature))
                 if grad:
                     if ctx.needs_input_grad[2]:
                         column += p.sum(0)
@@ -103,17 +107,17 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 column.index_add_(0, targets, torch.full((n,), -1.0, dtype=wide, device=device))
                 ctx.save_for_backward(logits, h, w)
                 ctx.column, ctx.dtypes = column, (hidden.dtype, weight.dtype)
-        ctx.mark_non_differentiable(correct)
-        return losses.sum(), correct
+        ctx.mark_non_differentiable(correct, samples)
+        return losses.sum(), correct, samples
 
     @staticmethod
-    def backward(ctx, grad_loss, _grad_correct):
+    def backward(ctx, grad_loss, _grad_correct, _grad_samples):
         dlogits, h, w = ctx.saved_tensors
         need = ctx.needs_input_grad
         dh = (dlogits @ w).to(ctx.dtypes[0]).mul_(grad_loss) if need[0] else None
         dw = (dlogits.t() @ h).to(ctx.dtypes[1]).mul_(grad_loss) if need[1] else None
         db = ctx.column * grad_loss if need[2] else None
-        return dh, dw, db, None, None
+        return dh, dw, db, None, None, None
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -125,17 +129,46 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch
     the casts and the zero-filled gradient each stream the whole [N, V] array through memory (at V 30,522
     that was half of a tiny model's training step). Here the logits are one GEMM in the compute dtype
     (autocast's, else the weight's); then each chunk of rows gets the bias, softmax and its gradient while
-    it is in cache, written over its logits (softmax - one-hot, in the compute dtype); backward is two GEMMs. PyTorch has no fused linear + cross-entropy for CPU (Liger's and Apple's
-    cut-cross-entropy are Triton, GPU only), hence this. Off the CPU, and with nothing to predict, it is
-    the plain composition. Accuracy compares float32 logits (bias added in float32, not bf16 as inside
-    autocast's addmm), so a tie can resolve differently than in classification_loss.
+    it is in cache, written over its logits (softmax - one-hot, in the compute dtype); backward is two
+    GEMMs. PyTorch has no fused linear + cross-entropy for CPU (Liger's and Apple's cut-cross-entropy are
+    Triton, GPU only), hence this. Off the CPU, and with nothing to predict, it is the plain composition.
+    Accuracy compares float32 logits (bias added in float32, not bf16 as inside autocast's addmm), so a
+    tie can resolve differently than in classification_loss.
     """
-    if hidden.device.type != "cpu" or targets.numel() == 0:
-        return classification_loss(F.linear(hidden, weight, bias), targets)
-    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else weight.dtype
-    loss, correct = _LinearCrossEntropy.apply(hidden, weight, bias, targets, dtype)
+    return _fused(hidden, weight, bias, targets, None)[:2]
+
+
+def linear_cross_entropy_and_sample(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                                    targets: torch.Tensor, temperature: float = 1.0
+                                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """linear_cross_entropy, plus one draw per row from softmax(logits / temperature) -> [N] int64 (ELECTRA's
+    generator), taken from each chunk's softmax while it is in cache. No gradient flows through the draws."""
+    return _fused(hidden, weight, bias, targets, float(temperature))
+
+
+def _fused(hidden, weight, bias, targets, temperature):
     n = targets.numel()
-    return loss / n, correct / n
+    if hidden.device.type != "cpu" or n == 0:
+        logits = F.linear(hidden, weight, bias)
+        loss, accuracy = classification_loss(logits, targets)
+        if temperature is None:
+            return loss, accuracy, None
+        with torch.no_grad():
+            return loss, accuracy, sample_categorical(torch.softmax(logits.detach().float() / temperature, -1))
+    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else weight.dtype
+    loss, correct, samples = _LinearCrossEntropy.apply(hidden, weight, bias, targets, dtype, temperature)
+    return loss / n, correct / n, samples
+
+
+def sample_categorical(probs: torch.Tensor) -> torch.Tensor:
+    """One draw per row of ``probs`` [N, V] (rows need not be normalised) by inverting the CDF: one uniform
+    number per row, a cumulative sum and a binary search. torch.multinomial draws an exponential random
+    number for every vocabulary entry of every row instead, which made it 6-35% of an ELECTRA step on CPU;
+    this is ~10x cheaper and exact up to float32 rounding of the cumulative sum."""
+    cdf = probs.cumsum(-1)  # [N, V]
+    u = torch.rand(probs.shape[0], 1, dtype=cdf.dtype, device=cdf.device) * cdf[:, -1:]  # [N, 1] in [0, total)
+    # right=True: the first entry whose cdf exceeds u, so zero-probability entries are never drawn
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=probs.shape[-1] - 1)
 
 
 def as_floats(**values: torch.Tensor) -> dict[str, float]:
