@@ -97,6 +97,40 @@ def encoder_flops(config, length: int) -> float:
     return per_token * length + n * 4 * length * length * h
 
 
+def token_linears(model: torch.nn.Module) -> list[torch.nn.Linear]:
+    """The nn.Linear layers applied to every token (all but the pooler, which sees [CLS] only)."""
+    return [m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and "pooler" not in n]
+
+
+class _Gemms(torch.nn.Module):
+    def __init__(self, linears: list[torch.nn.Linear]):
+        super().__init__()
+        self.linears = torch.nn.ModuleList(linears)
+
+    def forward(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [m(x) for m, x in zip(self.linears, inputs)]
+
+
+def gemms_alone(model: torch.nn.Module, length: int, compiled: bool):
+    """A call running only the GEMMs of a batch-1 forward of ``model`` (each per-token nn.Linear once, in
+    order, with its own weights and bias, on a [length, in] input of the weights' dtype) and nothing else:
+    the time oneDNN's GEMMs at these shapes need, a floor for any implementation built on them. ``compiled``:
+    through torch.compile with weight freezing, as prepare(compile=True) runs them (weights pre-packed for
+    oneDNN once); else eager F.linear."""
+    linears = token_linears(model)
+    dtype = linears[0].weight.dtype
+    inputs = [torch.randn(length, m.in_features, dtype=dtype) for m in linears]
+    gemms = _Gemms(linears).eval()
+    if compiled:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.freezing = True  # as bertforge.inference.fast._compiled sets it
+        gemms = torch.compile(gemms, dynamic=False)
+        with torch.inference_mode():
+            gemms(inputs)
+    return lambda: gemms(inputs)
+
+
 def inference(rounds: int, warmup: int, lengths: tuple[int, ...], compile: bool = True) -> dict:
     import transformers
 
@@ -124,7 +158,9 @@ def inference(rounds: int, warmup: int, lengths: tuple[int, ...], compile: bool 
     # bytes a batch-1 forward must read at least once: every encoder weight (the word-embedding table is
     # only gathered from, a row per token)
     weight_params = sum(p.numel() for n, p in ours.named_parameters() if "word" not in n)
-    out = {"weight_params": weight_params}
+    linears = token_linears(ours)
+    out = {"weight_params": weight_params, "linears": len(linears),
+           "linear_params": sum(m.weight.numel() for m in linears)}
     for length in lengths:
         ids = torch.randint(1000, 20000, (1, length))
         mask, types = torch.ones_like(ids), torch.zeros_like(ids)
@@ -139,10 +175,15 @@ def inference(rounds: int, warmup: int, lengths: tuple[int, ...], compile: bool 
         calls.update({f"transformers {k} fp32": (lambda m=m: m(input_ids=ids, attention_mask=mask,
                                                                 token_type_ids=types)) for k, m in theirs.items()})
         calls["onnxruntime fp32"] = lambda: onnx(ids, mask, types)
+        calls["bf16 GEMMs alone"] = gemms_alone(variants["bertforge bf16"], length, False)
+        if compile:
+            calls["bf16 GEMMs alone compiled"] = gemms_alone(variants["bertforge bf16"], length, True)
         calls |= peak_calls()
         with torch.inference_mode():
             res = round_robin(calls, rounds, warmup)
         out[f"peak_{length}"] = pop_peaks(res)
+        out[f"gemms_alone_ms_{length}"] = {k: res.pop(f"bf16 GEMMs alone{s}")["median_ms"]
+                                           for k, s in (("eager", ""), ("compiled", " compiled")) if f"bf16 GEMMs alone{s}" in res}
         base = res["transformers eager fp32"]["median_ms"]
         flops = encoder_flops(config, length)
         for name, v in res.items():
@@ -296,9 +337,11 @@ def markdown(r: dict) -> str:
     lines.append("")
     weight_mb = 2 * r["inference"]["weight_params"] / 1e6
     for length, res in r["inference"].items():
-        if length == "weight_params" or length.startswith("peak_"):
+        if not isinstance(res, dict) or length.startswith("peak_"):
             continue
         peak = r["inference"][f"peak_{length}"]
+        gemm_count = r["inference"].get("linears", 0)
+        gemm_flops = 2 * r["inference"].get("linear_params", 0) * int(length)  # FLOPs of the GEMMs alone
         flops = res["transformers eager fp32"]["gflops"] * res["transformers eager fp32"]["median_ms"] / 1e3
         compute_ms, memory_ms = 1e3 * flops / peak["bf16"], weight_mb / 1e3 / r["memory_gbps"] * 1e3
         lines += [f"### BERT-base inference, batch 1, length {length} (median of {next(iter(res.values()))['runs']} runs)",
@@ -308,7 +351,13 @@ def markdown(r: dict) -> str:
                   f"bf16 forward can take less than {max(compute_ms, memory_ms):.1f} ms "
                   f"({'compute' if compute_ms >= memory_ms else 'memory'} bound); the target allows 1.5x the "
                   f"matmul-peak time, {1.5 * compute_ms:.1f} ms. Matmul peak timed in this round-robin: fp32 "
-                  f"{peak['fp32']:.0f}, bf16 {peak['bf16']:.0f} GFLOP/s.", "",
+                  f"{peak['fp32']:.0f}, bf16 {peak['bf16']:.0f} GFLOP/s."
+                  + (f" The forward's {gemm_count} per-token GEMMs alone (bf16, the model's own weights, nothing "
+                     "else, timed in the same round-robin) take " + " and ".join(
+                         f"{ms:.1f} ms {kind} ({gemm_flops / ms / 1e6:.0f} GFLOP/s, "
+                         f"{gemm_flops / ms / 1e6 / peak['bf16']:.0%} of the 2048^3 rate)" for kind, ms in gemm_ms.items())
+                     + ": the floor for an implementation built on oneDNN's GEMMs at these shapes."
+                     if (gemm_ms := r["inference"].get(f"gemms_alone_ms_{length}")) else ""), "",
                   "| system | median ms | IQR ms | vs transformers eager fp32 | vs ONNX Runtime fp32 | GFLOP/s | "
                   "MFU (own precision peak) | compile s |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|"]

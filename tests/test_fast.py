@@ -102,3 +102,44 @@ def test_compiled_fast_path_equals_eager(dynamic):
     assert next(model.parameters()).dtype == torch.float32  # the original is untouched
     with pytest.raises(BertforgeError, match="int8"):
         prepare(model, "int8", compile=True)
+
+
+def test_bf16_linears_are_packed_once_and_compute_what_f_linear_does():
+    """prepare(bf16) swaps each nn.Linear for a PackedLinear (weights laid out for oneDNN once): same outputs
+    as the plain bf16 model, same state_dict, copies and pickles, re-packs when the weights change, and
+    falls back to F.linear where the packed kernel does not apply (gradients)."""
+    import copy
+    import pickle
+
+    from bertforge.inference.fast import PackedLinear, _bf16
+
+    torch.manual_seed(0)
+    model = Encoder(PRESETS["test-tiny"]).eval()
+    packed = prepare(model, "bf16")
+    swapped = [m for m in packed.modules() if isinstance(m, PackedLinear)]
+    if not swapped:
+        pytest.skip("this CPU's oneDNN has no packed bf16 linear")
+    assert len(swapped) == sum(isinstance(m, torch.nn.Linear) for m in model.modules())
+    plain = _bf16(copy.deepcopy(model))
+    assert packed.state_dict().keys() == plain.state_dict().keys()
+    ids = torch.randint(3, 100, (3, 11))
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0
+
+    def run(m):
+        with torch.inference_mode():
+            return m(ids, mask).last_hidden_state.float()
+
+    expected = run(plain)
+    torch.testing.assert_close(run(packed), expected, rtol=1e-2, atol=1e-2)
+    for clone in (copy.deepcopy(packed), pickle.loads(pickle.dumps(packed))):
+        torch.testing.assert_close(run(clone), run(packed), rtol=0, atol=0)
+    # new weights (load_state_dict copies in place) are packed again before use
+    other = Encoder(PRESETS["test-tiny"]).eval()
+    packed.load_state_dict(_bf16(other).state_dict())
+    torch.testing.assert_close(run(packed), run(_bf16(other)), rtol=1e-2, atol=1e-2)
+    # with autograd in play, the layer is F.linear and gradients flow
+    layer = swapped[0]
+    x = torch.randn(4, layer.in_features, dtype=torch.bfloat16, requires_grad=True)
+    layer(x).float().sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0

@@ -2,7 +2,8 @@
 
 - ``prepare(model, precision)``: an eval-mode copy for inference. "bf16" casts weights and activations to
   bfloat16, so oneDNN runs its AMX bf16 kernels on CPUs that have them (Sapphire Rapids and later; check
-  with ONEDNN_VERBOSE=1, docs/PERFORMANCE.md); "int8" is PyTorch's dynamic quantization of every
+  with ONEDNN_VERBOSE=1, docs/PERFORMANCE.md), with every linear's weight laid out for them once
+  (PackedLinear) instead of at every call; "int8" is PyTorch's dynamic quantization of every
   nn.Linear (int8 weights per output channel, activations quantized per batch; Jacob et al., 2018): an
   approximation (MiniLM sentence embeddings keep cosine 0.94-0.98 to fp32, tests/test_fast.py); "fp32" is
   the model.
@@ -62,13 +63,9 @@ def prepare(model: nn.Module, precision: Precision = "fp32", *, inplace: bool = 
     if compile:
         if precision == "int8":
             raise BertforgeError("compile=True works with fp32 and bf16; int8 dynamic quantization does not compile")
-        return _compiled(prepare(model, precision, inplace=True), dynamic)
+        return _compiled(_bf16(model) if precision == "bf16" else model, dynamic)  # inductor packs its own weights
     if precision == "bf16":
-        model = model.to(torch.bfloat16)
-        for module in model.modules():
-            if getattr(module, "keep_fp32", False):  # e.g. the CRF: its scores accumulate along a sentence
-                module.float()
-        return model
+        return pack_linears(_bf16(model))
     if precision == "int8":
         # Per-output-channel weight scales: per-tensor scales cost MiniLM's embeddings ~3 points of cosine.
         import warnings
@@ -78,6 +75,71 @@ def prepare(model: nn.Module, precision: Precision = "fp32", *, inplace: bool = 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.ao.quantization announces its move to torchao
             return quantize_dynamic(model, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
+    return model
+
+
+def _bf16(model: nn.Module) -> nn.Module:
+    model = model.to(torch.bfloat16)
+    for module in model.modules():
+        if getattr(module, "keep_fp32", False):  # e.g. the CRF: its scores accumulate along a sentence
+            module.float()
+    return model
+
+
+class PackedLinear(nn.Linear):
+    """nn.Linear for bf16 inference on CPU whose weight oneDNN lays out in its blocked (AMX) format once.
+
+    F.linear hands oneDNN a plain row-major weight, which it re-lays out on every call: at batch 1 that is
+    as much memory traffic as the GEMM itself (BERT-base's per-token GEMMs alone: 82 ms per forward at 128
+    tokens via F.linear, 50 ms pre-packed; benchmarks/fast_paths.py). This calls the same kernels inductor
+    uses after weight freezing (mkldnn._reorder_linear_weight, mkldnn._linear_pointwise), without compiling;
+    results are bit-identical to F.linear. The packed copy is an opaque oneDNN tensor, cached here (not in
+    the state_dict) and re-made when the weight is replaced or modified in place; ``weight`` and ``bias``
+    stay ordinary parameters. Anything else (float32 input, gradients, another device) runs F.linear."""
+
+    _packed: torch.Tensor | None = None
+    _key: tuple | None = None
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> "PackedLinear":
+        new = cls.__new__(cls)
+        nn.Module.__init__(new)
+        new.in_features, new.out_features = linear.in_features, linear.out_features
+        new.weight, new.bias = linear.weight, linear.bias
+        return new
+
+    def _usable(self, x: torch.Tensor) -> bool:
+        w = self.weight
+        return (x.dtype == w.dtype == torch.bfloat16 and x.device.type == "cpu"
+                and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._usable(x):
+            return nn.functional.linear(x, self.weight, self.bias)
+        key = (self.weight.data_ptr(), self.weight._version)
+        if key != self._key:
+            # 128: the batch-size hint inductor's dynamic-shape path also passes; any M runs (measured 1-300)
+            self._packed, self._key = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), 128), key
+        return torch.ops.mkldnn._linear_pointwise(x, self._packed, self.bias, "none", [], "")
+
+    def __getstate__(self):  # copy.deepcopy / pickle: an opaque oneDNN tensor has no storage to copy; re-pack
+        return {k: v for k, v in self.__dict__.items() if k not in ("_packed", "_key")}
+
+
+def pack_linears(model: nn.Module) -> nn.Module:
+    """Swap every bf16 nn.Linear of ``model`` for a PackedLinear (in place), when this CPU's oneDNN runs a
+    packed bf16 linear (probed once); otherwise the model is returned unchanged."""
+    linears = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
+               if type(child) is nn.Linear and child.weight.dtype == torch.bfloat16 and child.weight.device.type == "cpu"]
+    if not linears or not torch.backends.mkldnn.is_available():
+        return model
+    try:  # a CPU without bf16 support in oneDNN cannot create the primitive
+        probe = PackedLinear.from_linear(nn.Linear(8, 8, dtype=torch.bfloat16).requires_grad_(False))
+        probe(torch.zeros(1, 8, dtype=torch.bfloat16))
+    except RuntimeError:
+        return model
+    for parent, name, child in linears:
+        setattr(parent, name, PackedLinear.from_linear(child))
     return model
 
 
