@@ -143,3 +143,25 @@ def test_bf16_linears_are_packed_once_and_compute_what_f_linear_does():
     x = torch.randn(4, layer.in_features, dtype=torch.bfloat16, requires_grad=True)
     layer(x).float().sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_fp32_packed_linears_match_the_model_within_1e_5():
+    """prepare(fp32) packs linears for short inputs only (FP32_PACKED_ROWS); either way the encoder's output is
+    the model's within 1e-5 (the packed kernel sums in another order)."""
+    from bertforge.inference import fast
+
+    torch.manual_seed(0)
+    model = Encoder(PRESETS["test-tiny"]).eval()
+    prepared = prepare(model, "fp32")
+    if not any(isinstance(m, fast.PackedLinear) for m in prepared.modules()):
+        pytest.skip("this CPU's oneDNN has no packed float32 linear")
+    calls, cases = [], ((1, 12, True), (2, 30, True), (3, 40, False))  # 12, 60 rows packed; 120 not
+    for batch, length, _ in cases:
+        ids = torch.randint(3, 100, (batch, length))
+        with torch.inference_mode():
+            got = prepared(ids).last_hidden_state
+            expected = model(ids).last_hidden_state
+            layer = next(m for m in prepared.modules() if isinstance(m, fast.PackedLinear))
+            calls.append(layer._usable(torch.zeros(batch, length, layer.in_features)))
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert calls == [packed for *_, packed in cases]

@@ -6,7 +6,7 @@
   (PackedLinear) instead of at every call; "int8" is PyTorch's dynamic quantization of every
   nn.Linear (int8 weights per output channel, activations quantized per batch; Jacob et al., 2018): an
   approximation (MiniLM sentence embeddings keep cosine 0.94-0.98 to fp32, tests/test_fast.py); "fp32" is
-  the model.
+  the model, its linears packed for short inputs (PackedLinear).
 - ``bucketed(forward, input_ids)``: sorts the items by length, runs batches of similar lengths (each
   padded only to its own longest, a multiple of 8), and returns each item's output row in input order.
   Padding is one numpy scatter per batch: no per-token Python work.
@@ -66,6 +66,8 @@ def prepare(model: nn.Module, precision: Precision = "fp32", *, inplace: bool = 
         return _compiled(_bf16(model) if precision == "bf16" else model, dynamic)  # inductor packs its own weights
     if precision == "bf16":
         return pack_linears(_bf16(model))
+    if precision == "fp32":
+        return pack_linears(model)
     if precision == "int8":
         # Per-output-channel weight scales: per-tensor scales cost MiniLM's embeddings ~3 points of cosine.
         import warnings
@@ -86,16 +88,24 @@ def _bf16(model: nn.Module) -> nn.Module:
     return model
 
 
+# float32 rows (batch x tokens) up to which the packed kernel beats F.linear (MKL sgemm). BERT-base batch 1 on
+# 2 cores: 12 tokens 47 vs 73 ms, 32 tokens 75 vs 92 ms, 128 tokens 235 vs 200 ms (slower); per-layer GEMMs
+# measured faster up to 96 rows with the weights in cache. bf16 is packed at every size (never slower).
+FP32_PACKED_ROWS = 64
+
+
 class PackedLinear(nn.Linear):
-    """nn.Linear for bf16 inference on CPU whose weight oneDNN lays out in its blocked (AMX) format once.
+    """nn.Linear for inference on CPU whose weight oneDNN lays out in its blocked (AMX / AVX-512) format once.
 
     F.linear hands oneDNN a plain row-major weight, which it re-lays out on every call: at batch 1 that is
-    as much memory traffic as the GEMM itself (BERT-base's per-token GEMMs alone: 82 ms per forward at 128
-    tokens via F.linear, 50 ms pre-packed; benchmarks/fast_paths.py). This calls the same kernels inductor
-    uses after weight freezing (mkldnn._reorder_linear_weight, mkldnn._linear_pointwise), without compiling;
-    results are bit-identical to F.linear. The packed copy is an opaque oneDNN tensor, cached here (not in
-    the state_dict) and re-made when the weight is replaced or modified in place; ``weight`` and ``bias``
-    stay ordinary parameters. Anything else (float32 input, gradients, another device) runs F.linear."""
+    as much memory traffic as the GEMM itself (BERT-base's per-token bf16 GEMMs alone: 82 ms per forward at
+    128 tokens via F.linear, 50 ms pre-packed; benchmarks/fast_paths.py). This calls the same kernels
+    inductor uses after weight freezing (mkldnn._reorder_linear_weight, mkldnn._linear_pointwise), without
+    compiling: bf16 results are bit-identical to F.linear; float32 ones differ in summation order (~5e-6 at
+    BERT-base's output) and are used only up to FP32_PACKED_ROWS rows. The packed copy is an opaque oneDNN
+    tensor, cached here (not in the state_dict) and re-made when the weight is replaced or modified in place;
+    ``weight`` and ``bias`` stay ordinary parameters. Anything else (gradients, tracing or export, another
+    device, a mismatched dtype) runs F.linear."""
 
     _packed: torch.Tensor | None = None
     _key: tuple | None = None
@@ -110,8 +120,11 @@ class PackedLinear(nn.Linear):
 
     def _usable(self, x: torch.Tensor) -> bool:
         w = self.weight
-        return (x.dtype == w.dtype == torch.bfloat16 and x.device.type == "cpu"
-                and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)))
+        if x.dtype != w.dtype or x.device.type != "cpu" or torch.is_grad_enabled() and (x.requires_grad or w.requires_grad):
+            return False
+        if torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
+            return False  # an exported or compiled graph must not hold the opaque packed weight
+        return w.dtype == torch.bfloat16 or (w.dtype == torch.float32 and x.numel() <= FP32_PACKED_ROWS * x.shape[-1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._usable(x):
@@ -127,19 +140,23 @@ class PackedLinear(nn.Linear):
 
 
 def pack_linears(model: nn.Module) -> nn.Module:
-    """Swap every bf16 nn.Linear of ``model`` for a PackedLinear (in place), when this CPU's oneDNN runs a
-    packed bf16 linear (probed once); otherwise the model is returned unchanged."""
-    linears = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
-               if type(child) is nn.Linear and child.weight.dtype == torch.bfloat16 and child.weight.device.type == "cpu"]
-    if not linears or not torch.backends.mkldnn.is_available():
+    """Swap every CPU bf16 / float32 nn.Linear of ``model`` for a PackedLinear (in place), for each dtype
+    whose packed linear this CPU's oneDNN runs (probed once; bf16 needs AVX-512 / AMX support)."""
+    if not torch.backends.mkldnn.is_available():
         return model
-    try:  # a CPU without bf16 support in oneDNN cannot create the primitive
-        probe = PackedLinear.from_linear(nn.Linear(8, 8, dtype=torch.bfloat16).requires_grad_(False))
-        probe(torch.zeros(1, 8, dtype=torch.bfloat16))
-    except RuntimeError:
-        return model
-    for parent, name, child in linears:
-        setattr(parent, name, PackedLinear.from_linear(child))
+    usable = set()
+    for dtype in (torch.bfloat16, torch.float32):
+        try:
+            probe = PackedLinear.from_linear(nn.Linear(8, 8, dtype=dtype).requires_grad_(False))
+            with torch.no_grad():
+                probe(torch.zeros(1, 8, dtype=dtype))
+            usable.add(dtype)
+        except RuntimeError:  # oneDNN could not create the primitive on this CPU
+            pass
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.Linear and child.weight.dtype in usable and child.weight.device.type == "cpu":
+                setattr(parent, name, PackedLinear.from_linear(child))
     return model
 
 
