@@ -158,3 +158,36 @@ def test_cancelled_request_is_skipped():
 
     run(main())
     assert seen == ["first", "last"]
+
+
+def test_sequential_requests_do_not_wait_for_company_concurrent_ones_still_batch():
+    """One client at a time: nobody can join a round, so a round starts at once instead of after max_wait.
+    Once rounds hold several requests, the batcher waits for company again and batches a staggered burst."""
+    calls = []
+
+    def double(items):
+        calls.append(list(items))
+        return [2 * x for x in items]
+
+    async def main():
+        b = make(double, max_batch=16, max_wait=0.5)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for i in range(5):
+            assert await b.submit([i]) == [2 * i]
+        sequential = loop.time() - start
+        await asyncio.gather(*(b.submit([x]) for x in range(10, 16)))  # queued together: one round
+        calls.clear()
+
+        async def late(x, delay):
+            await asyncio.sleep(delay)
+            return await b.submit([x])
+
+        staggered = await asyncio.gather(*(late(20 + k, 0.02 * k) for k in range(4)))  # 60 ms apart at most
+        await b.close()
+        return sequential, staggered
+
+    sequential, staggered = run(main())
+    assert sequential < 0.25  # five requests, none waited the 0.5 s max_wait
+    assert staggered == [[40], [42], [44], [46]]
+    assert len(calls) == 1  # the burst arriving over 60 ms shared one forward: the batcher waited for it
