@@ -102,33 +102,20 @@ def token_linears(model: torch.nn.Module) -> list[torch.nn.Linear]:
     return [m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and "pooler" not in n]
 
 
-class _Gemms(torch.nn.Module):
-    def __init__(self, linears: list[torch.nn.Linear]):
-        super().__init__()
-        self.linears = torch.nn.ModuleList(linears)
-
-    def forward(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
-        return [m(x) for m, x in zip(self.linears, inputs)]
-
-
-def gemms_alone(model: torch.nn.Module, length: int, compiled: bool):
-    """A call running only the GEMMs of a batch-1 forward of ``model`` (each per-token nn.Linear once, in
+def gemms_alone(model: torch.nn.Module, length: int, packed: bool):
+    """A call running only the GEMMs of a batch-1 forward of ``model`` (each per-token linear once, in
     order, with its own weights and bias, on a [length, in] input of the weights' dtype) and nothing else:
-    the time oneDNN's GEMMs at these shapes need, a floor for any implementation built on them. ``compiled``:
-    through torch.compile with weight freezing, as prepare(compile=True) runs them (weights pre-packed for
-    oneDNN once); else eager F.linear."""
-    linears = token_linears(model)
+    the time oneDNN's GEMMs at these shapes need, a floor for any implementation built on them. ``packed``:
+    with the weights pre-packed for oneDNN (inference.fast.PackedLinear: what prepare() runs, and the
+    kernels inductor uses after freezing); else F.linear on plain weights."""
+    from bertforge.inference.fast import PackedLinear
+
+    linears = [PackedLinear.from_linear(m) if packed else m for m in token_linears(model)]
     dtype = linears[0].weight.dtype
     inputs = [torch.randn(length, m.in_features, dtype=dtype) for m in linears]
-    gemms = _Gemms(linears).eval()
-    if compiled:
-        import torch._inductor.config as inductor_config
-
-        inductor_config.freezing = True  # as bertforge.inference.fast._compiled sets it
-        gemms = torch.compile(gemms, dynamic=False)
-        with torch.inference_mode():
-            gemms(inputs)
-    return lambda: gemms(inputs)
+    if packed:
+        return lambda: [m(x) for m, x in zip(linears, inputs)]
+    return lambda: [torch.nn.functional.linear(x, m.weight, m.bias) for m, x in zip(linears, inputs)]
 
 
 def inference(rounds: int, warmup: int, lengths: tuple[int, ...], compile: bool = True) -> dict:
@@ -147,7 +134,9 @@ def inference(rounds: int, warmup: int, lengths: tuple[int, ...], compile: bool 
     theirs = {impl: transformers.AutoModel.from_pretrained(tmp / "model", attn_implementation=impl).eval()
               for impl in ("eager", "sdpa")}
     onnx = OnnxRuntimeModel(export_onnx(ours, tmp / "model.onnx"), num_threads=torch.get_num_threads())
-    variants = {"bertforge fp32": ours, "bertforge bf16": prepare(ours, "bf16"), "bertforge int8": prepare(ours, "int8")}
+    # prepare(): what pipelines and the server run (fp32 and bf16 with PackedLinear, int8 torch.ao dynamic)
+    variants = {"bertforge fp32": prepare(ours, "fp32"), "bertforge bf16": prepare(ours, "bf16"),
+                "bertforge int8": prepare(ours, "int8")}
     if compile:  # torch.compile with weight freezing (inference/fast.prepare(compile=True)): the dynamic-shape
         # graphs pipelines and the server use (compiled inside prepare), and one graph per shape (static)
         t = time.perf_counter()
@@ -176,14 +165,13 @@ def inference(rounds: int, warmup: int, lengths: tuple[int, ...], compile: bool 
                                                                 token_type_ids=types)) for k, m in theirs.items()})
         calls["onnxruntime fp32"] = lambda: onnx(ids, mask, types)
         calls["bf16 GEMMs alone"] = gemms_alone(variants["bertforge bf16"], length, False)
-        if compile:
-            calls["bf16 GEMMs alone compiled"] = gemms_alone(variants["bertforge bf16"], length, True)
+        calls["bf16 GEMMs alone packed"] = gemms_alone(variants["bertforge bf16"], length, True)
         calls |= peak_calls()
         with torch.inference_mode():
             res = round_robin(calls, rounds, warmup)
         out[f"peak_{length}"] = pop_peaks(res)
         out[f"gemms_alone_ms_{length}"] = {k: res.pop(f"bf16 GEMMs alone{s}")["median_ms"]
-                                           for k, s in (("eager", ""), ("compiled", " compiled")) if f"bf16 GEMMs alone{s}" in res}
+                                           for k, s in (("via F.linear", ""), ("pre-packed", " packed"))}
         base = res["transformers eager fp32"]["median_ms"]
         flops = encoder_flops(config, length)
         for name, v in res.items():
@@ -306,8 +294,10 @@ def markdown(r: dict) -> str:
         f"- AMX: with `ONEDNN_VERBOSE=1` a bf16 nn.Linear runs oneDNN `{r['amx']}` (this oneDNN names the "
         "AMX ISA avx10_1_512_amx; older builds say avx512_core_amx).",
         "- Using the fast paths: `--set pack=true` packs pretraining rows (MLM-style recipes; data/packing.py); "
-        "`--set precision=bf16` trains under bf16 autocast; `bertforge.inference.fast.prepare(model, 'bf16' | "
-        "'int8')` and `bucketed(...)` for inference (sorted by length, batched, returned in input order).",
+        "`--set precision=bf16` trains under bf16 autocast; `bertforge.inference.fast.prepare(model, 'fp32' | "
+        "'bf16' | 'int8')` and `bucketed(...)` for inference (sorted by length, batched, returned in input order); "
+        "prepare lays each linear's weight out for oneDNN once (PackedLinear: bf16 always, fp32 up to 64 rows), "
+        "as inductor does after freezing, without compiling.",
         "- `compiled` rows: `prepare(model, precision, compile=True)`, torch.compile (inductor) with weight "
         "freezing (weights folded and pre-packed for oneDNN once). `compiled`: dynamic shapes, what `--compile` "
         "gives pipelines and the server (both graphs compiled once inside prepare, for every shape); `compiled "
@@ -337,7 +327,7 @@ def markdown(r: dict) -> str:
     lines.append("")
     weight_mb = 2 * r["inference"]["weight_params"] / 1e6
     for length, res in r["inference"].items():
-        if not isinstance(res, dict) or length.startswith("peak_"):
+        if not length.isdigit():
             continue
         peak = r["inference"][f"peak_{length}"]
         gemm_count = r["inference"].get("linears", 0)
