@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _docs import write_marked
+from _docs import cpu_ticks, machine_note, steal_share, write_marked
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "fast_paths.json"
@@ -281,7 +281,8 @@ def markdown(r: dict) -> str:
         "",
         f"Run {r['date']}, {r['threads']} threads, 1-minute load average {r['load']} on {r['cores']} cores when "
         "it started" + (" (other jobs were running: absolute times are noisy; systems were interleaved round-robin, "
-                        "so the ratios hold)." if r["load"] > 1.5 else " (an otherwise idle machine).")
+                        "so the ratios hold)." if r["load"] > 1.5 else " (no other jobs in this VM).")
+        + machine_note(r.get("steal"))
         + " Every system is timed in the same process, round-robin, with a short untimed pause before each call "
         "(ONNX Runtime's thread pool spins after a call and would slow whatever runs next).",
         "",
@@ -380,6 +381,7 @@ def main() -> None:
 
     threads = set_threads(args.threads or None)
     tuned = tune_allocator()  # as the CLI does (bertforge/runtime.py); transformers, in this process, gets it too
+    ticks = cpu_ticks()
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M"), "threads": threads, "cores": os.cpu_count(),
         "load": round(os.getloadavg()[0], 1), "torch": torch.__version__,
@@ -387,6 +389,7 @@ def main() -> None:
         "allocator_tuned": tuned, "padding": padding(),
         "inference": inference(args.rounds, args.warmup, (128, 12), compile=args.compile),
         "training": training(max(3, args.rounds // 2), 1),
+        "steal": steal_share(ticks),
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     tmp = RESULTS.with_suffix(".json.tmp")

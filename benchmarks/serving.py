@@ -57,7 +57,7 @@ import torch
 from pydantic import BaseModel
 from tqdm import tqdm
 
-from _docs import write_marked
+from _docs import cpu_ticks, machine_note, steal_share, write_marked
 
 ROOT = Path(__file__).resolve().parents[1]
 LENGTHS = (12, 128)
@@ -337,6 +337,7 @@ def main() -> None:
     from bertforge.auto import AutoModel
 
     load_at_start = os.getloadavg()
+    ticks = cpu_ticks()
     model_dir = args.model or minilm_dir()
     tok = AutoTokenizer.from_pretrained(model_dir)
     n_texts = max(args.requests, args.concurrent_requests) + WARMUP
@@ -415,7 +416,7 @@ def main() -> None:
         "model": "all-MiniLM-L6-v2 (6 layers, H=384)", "requests": args.requests,
         "concurrent_requests": args.concurrent_requests, "threads": args.threads, "torch": torch.__version__, "python": platform.python_version(),
         "cpu_count": os.cpu_count(), "machine": platform.machine(), "load_average_at_start": load_at_start,
-        "load_average_at_end": os.getloadavg(),
+        "load_average_at_end": os.getloadavg(), "cpu_steal": steal_share(ticks),
     }
     if args.rows:
         print("--rows: a subset run; benchmarks/results/serving.json and docs/serving.md left as they were")
@@ -429,8 +430,8 @@ def main() -> None:
                "every runtime at its default thread count (torch and ONNX Runtime: one per core; the naive "
                "server also runs concurrent requests in FastAPI's thread pool)")
             + f"; 1-minute load average {load_at_start[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
-            + (" (other jobs shared the cores). " if load_at_start[0] > 1.5 else ". ") +
-            "Raw numbers: benchmarks/results/serving.json.")
+            + (" (other jobs shared the cores)." if load_at_start[0] > 1.5 else ".")
+            + machine_note(result["setup"]["cpu_steal"]) + " Raw numbers: benchmarks/results/serving.json.")
     write_doc_tables(markdown(result), meta)
     print(f"wrote {out} and docs/serving.md")
 

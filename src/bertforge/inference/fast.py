@@ -98,11 +98,12 @@ class PackedLinear(nn.Linear):
     """nn.Linear for inference on CPU whose weight oneDNN lays out in its blocked (AMX / AVX-512) format once.
 
     F.linear hands oneDNN a plain row-major weight, which it re-lays out on every call: at batch 1 that is
-    as much memory traffic as the GEMM itself (BERT-base's per-token bf16 GEMMs alone: 82 ms per forward at
-    128 tokens via F.linear, 50 ms pre-packed; benchmarks/fast_paths.py). This calls the same kernels
+    as much memory traffic as the GEMM itself (BERT-base's per-token bf16 GEMMs alone: 67 ms per forward at
+    128 tokens via F.linear, 48 ms pre-packed; benchmarks/fast_paths.py). This calls the same kernels
     inductor uses after weight freezing (mkldnn._reorder_linear_weight, mkldnn._linear_pointwise), without
-    compiling: bf16 results are bit-identical to F.linear; float32 ones differ in summation order (~5e-6 at
-    BERT-base's output) and are used only up to FP32_PACKED_ROWS rows. The packed copy is an opaque oneDNN
+    compiling. bf16 results equal F.linear's (bit for bit at batch 1 here; at larger batches oneDNN may pick
+    another kernel and round differently); float32 ones differ in summation order (~5e-6 at BERT-base's
+    output) and are used only up to FP32_PACKED_ROWS rows. The packed copy is an opaque oneDNN
     tensor, cached here (not in the state_dict) and re-made when the weight is replaced or modified in place;
     ``weight`` and ``bias`` stay ordinary parameters. Anything else (gradients, tracing or export, another
     device, a mismatched dtype) runs F.linear."""

@@ -12,6 +12,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from ..errors import BertforgeError
 from ..heads import PretrainingModel
@@ -111,6 +112,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return losses.sum(), correct, samples
 
     @staticmethod
+    @once_differentiable  # the gradient is precomputed: no double backward
     def backward(ctx, grad_loss, _grad_correct, _grad_samples):
         dlogits, h, w = ctx.saved_tensors
         need = ctx.needs_input_grad
