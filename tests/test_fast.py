@@ -165,3 +165,19 @@ def test_fp32_packed_linears_match_the_model_within_1e_5():
             calls.append(layer._usable(torch.zeros(batch, length, layer.in_features)))
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     assert calls == [packed for *_, packed in cases]
+
+
+def test_a_prepared_model_can_be_prepared_again():
+    """prepare() unpacks PackedLinear first: int8 quantization of a prepared fp32 model quantizes every linear
+    (torch.ao maps nn.Linear by exact type), and compile sees plain linears."""
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantLinear
+
+    from bertforge.inference.fast import PackedLinear
+
+    torch.manual_seed(0)
+    model = Encoder(PRESETS["test-tiny"]).eval()
+    linears = sum(type(m) is torch.nn.Linear for m in model.modules())
+    for first in ("fp32", "bf16"):
+        int8 = prepare(prepare(model, first), "int8")
+        assert not any(isinstance(m, PackedLinear) for m in int8.modules())
+        assert sum(isinstance(m, DynamicQuantLinear) for m in int8.modules()) == linears

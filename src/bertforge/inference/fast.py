@@ -59,7 +59,7 @@ def prepare(model: nn.Module, precision: Precision = "fp32", *, inplace: bool = 
     loop) do not trace."""
     if precision not in ("fp32", "bf16", "int8"):
         raise BertforgeError(f"precision={precision!r}: expected 'fp32', 'bf16' or 'int8'")
-    model = (model if inplace else copy.deepcopy(model)).eval()
+    model = unpack_linears((model if inplace else copy.deepcopy(model)).eval())  # a prepared model again
     if compile:
         if precision == "int8":
             raise BertforgeError("compile=True works with fp32 and bf16; int8 dynamic quantization does not compile")
@@ -119,13 +119,18 @@ class PackedLinear(nn.Linear):
         new.weight, new.bias = linear.weight, linear.bias
         return new
 
-    def _usable(self, x: torch.Tensor) -> bool:
+    def _usable(self, x: torch.Tensor) -> bool:  # ~5 us: cheapest tests first
         w = self.weight
-        if x.dtype != w.dtype or x.device.type != "cpu" or torch.is_grad_enabled() and (x.requires_grad or w.requires_grad):
+        if not x.is_cpu or x.dtype != w.dtype or torch.is_grad_enabled() and (x.requires_grad or w.requires_grad):
             return False
-        if torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
-            return False  # an exported or compiled graph must not hold the opaque packed weight
-        return w.dtype == torch.bfloat16 or (w.dtype == torch.float32 and x.numel() <= FP32_PACKED_ROWS * x.shape[-1])
+        if w.dtype == torch.float32:
+            if x.numel() > FP32_PACKED_ROWS * x.shape[-1]:
+                return False
+        elif w.dtype != torch.bfloat16:
+            return False
+        # a traced, exported (torch.export: is_compiling; the TorchScript ONNX exporter: is_tracing) or compiled
+        # graph must not capture the opaque packed weight
+        return not (torch.jit.is_tracing() or torch.compiler.is_compiling())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._usable(x):
@@ -158,6 +163,19 @@ def pack_linears(model: nn.Module) -> nn.Module:
         for name, child in list(parent.named_children()):
             if type(child) is nn.Linear and child.weight.dtype in usable and child.weight.device.type == "cpu":
                 setattr(parent, name, PackedLinear.from_linear(child))
+    return model
+
+
+def unpack_linears(model: nn.Module) -> nn.Module:
+    """PackedLinear -> nn.Linear (in place, sharing the parameters): what quantization and compilation expect."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, PackedLinear):
+                linear = nn.Linear.__new__(nn.Linear)
+                nn.Module.__init__(linear)
+                linear.in_features, linear.out_features = child.in_features, child.out_features
+                linear.weight, linear.bias = child.weight, child.bias
+                setattr(parent, name, linear)
     return model
 
 
