@@ -113,11 +113,7 @@ class PackedLinear(nn.Linear):
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> "PackedLinear":
-        new = cls.__new__(cls)
-        nn.Module.__init__(new)
-        new.in_features, new.out_features = linear.in_features, linear.out_features
-        new.weight, new.bias = linear.weight, linear.bias
-        return new
+        return _sharing(cls, linear)
 
     def _usable(self, x: torch.Tensor) -> bool:  # ~5 us: cheapest tests first
         w = self.weight
@@ -145,6 +141,24 @@ class PackedLinear(nn.Linear):
         return {k: v for k, v in self.__dict__.items() if k not in ("_packed", "_key")}
 
 
+def _sharing(cls: type[nn.Linear], linear: nn.Linear) -> nn.Linear:
+    """A ``cls`` (nn.Linear or PackedLinear) holding ``linear``'s own weight and bias parameters."""
+    new = cls.__new__(cls)
+    nn.Module.__init__(new)
+    new.in_features, new.out_features = linear.in_features, linear.out_features
+    new.weight, new.bias = linear.weight, linear.bias
+    return new
+
+
+def _swap_linears(model: nn.Module, wanted: Callable[[nn.Module], bool], cls: type[nn.Linear]) -> nn.Module:
+    """Replace (in place) every submodule for which ``wanted`` holds by a ``cls`` sharing its parameters."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if wanted(child):
+                setattr(parent, name, _sharing(cls, child))
+    return model
+
+
 def pack_linears(model: nn.Module) -> nn.Module:
     """Swap every CPU bf16 / float32 nn.Linear of ``model`` for a PackedLinear (in place), for each dtype
     whose packed linear this CPU's oneDNN runs (probed once; bf16 needs AVX-512 / AMX support)."""
@@ -159,24 +173,13 @@ def pack_linears(model: nn.Module) -> nn.Module:
             usable.add(dtype)
         except RuntimeError:  # oneDNN could not create the primitive on this CPU
             pass
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is nn.Linear and child.weight.dtype in usable and child.weight.device.type == "cpu":
-                setattr(parent, name, PackedLinear.from_linear(child))
-    return model
+    return _swap_linears(model, lambda m: type(m) is nn.Linear and m.weight.dtype in usable
+                         and m.weight.device.type == "cpu", PackedLinear)
 
 
 def unpack_linears(model: nn.Module) -> nn.Module:
     """PackedLinear -> nn.Linear (in place, sharing the parameters): what quantization and compilation expect."""
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, PackedLinear):
-                linear = nn.Linear.__new__(nn.Linear)
-                nn.Module.__init__(linear)
-                linear.in_features, linear.out_features = child.in_features, child.out_features
-                linear.weight, linear.bias = child.weight, child.bias
-                setattr(parent, name, linear)
-    return model
+    return _swap_linears(model, lambda m: isinstance(m, PackedLinear), nn.Linear)
 
 
 def _compiled(model: nn.Module, dynamic: bool) -> nn.Module:
