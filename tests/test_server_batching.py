@@ -10,7 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from bertforge.inference.batching import BatcherMetrics, MicroBatcher, QueueFull, ShuttingDown, split_by_length
+from bertforge.inference.batching import (BatcherMetrics, ForwardCost, MicroBatcher, QueueFull, ShuttingDown,
+                                         split_by_length)
 
 
 def brute_force(lengths, overhead):
@@ -39,6 +40,51 @@ def test_split_by_length_is_optimal_and_complete(lengths, overhead):
         assert len(groups) == 1  # a costly forward: everything shares one
     if overhead == 0:
         assert all(len({lengths[i] for i in g}) == 1 for g in groups)  # free forwards: no padding at all
+
+
+def test_forward_cost_recovers_the_fixed_cost_of_a_linear_cost_model():
+    fit = ForwardCost(initial=256)
+    for padded in [100, 4000, 800, 2500, 60, 3000, 1200, 500]:  # seconds = 20 ms + 15 us per character
+        overhead = fit.observe(padded, 0.020 + 15e-6 * padded)
+    assert overhead == pytest.approx(0.020 / 15e-6, rel=1e-6)
+    # with measurement noise it stays near; later forwards outweigh old ones (the model changed: 10 ms fixed)
+    rng = __import__("random").Random(0)
+    for _ in range(200):
+        padded = rng.uniform(50, 5000)
+        fit.observe(padded, (0.010 + 15e-6 * padded) * rng.uniform(0.95, 1.05))
+    assert fit.overhead == pytest.approx(0.010 / 15e-6, rel=0.15)
+
+
+def test_forward_cost_keeps_its_guess_until_sizes_differ_or_when_the_fit_is_nonsense():
+    fit = ForwardCost(initial=300)
+    for _ in range(20):  # one client, one text size: no slope can be told from the intercept
+        assert fit.observe(640, 0.05) == 300
+    fit = ForwardCost(initial=300)
+    for padded, seconds in [(100, 0.09), (2000, 0.05), (800, 0.07), (3000, 0.04)]:  # bigger was faster: noise
+        assert fit.observe(padded, seconds) == 300
+    fit = ForwardCost(initial=300, bounds=(16, 5000))
+    for padded in [10, 20, 30, 40]:  # almost all intercept: clamped
+        fit.observe(padded, 1.0 + 1e-9 * padded)
+    assert fit.overhead == 5000
+
+
+def test_batcher_fits_its_overhead_from_its_own_forwards_and_reports_it():
+    registry = CollectorRegistry()
+
+    def timed(items):  # 20 ms per forward plus 0.2 ms per unit of padded size
+        time.sleep(0.02 + 0.0002 * len(items) * max(items))
+        return items
+
+    async def main():
+        b = make(timed, max_batch=8, max_wait=0.01, cost=lambda x: x, overhead=1, metrics=BatcherMetrics(registry))
+        for k in (1, 8, 2, 6, 3, 8):
+            await asyncio.gather(*(b.submit([20]) for _ in range(k)))
+        await b.close()
+        return b.forward_cost.overhead
+
+    overhead = run(main())
+    assert 40 < overhead < 400  # true value 100 (0.02 / 0.0002); sleeps overshoot on a busy machine
+    assert f'bertforge_forward_overhead{{task="default"}} {overhead}' in generate_latest(registry).decode()
 
 
 def run(coro):
