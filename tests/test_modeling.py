@@ -34,6 +34,21 @@ def test_sdpa_equals_eager(position_type, embedding_size):
     torch.testing.assert_close(fast.pooler_output, slow.pooler_output, atol=1e-5, rtol=0)
 
 
+def test_a_mask_without_padding_is_dropped_and_changes_nothing():
+    torch.manual_seed(0)
+    model = Encoder(TINY).eval()
+    ids, _ = batch()
+    ones = torch.ones_like(ids)
+    ctx = model.attention_context(ids, ones, model.default_position_ids(ids, ones))
+    assert ctx.mask is None  # SDPA then adds no mask to every score
+    padded = ones.clone()
+    padded[0, -2:] = 0
+    assert model.attention_context(ids, padded, model.default_position_ids(ids, padded)).mask is not None
+    for impl in ("sdpa", "eager"):
+        model.attention_impl = impl
+        torch.testing.assert_close(model(ids, ones).last_hidden_state, model(ids, None).last_hidden_state, atol=0, rtol=0)
+
+
 @pytest.mark.parametrize(
     "sharing,n_attention,n_ffn", [("none", 4, 4), ("all", 1, 1), ("attention", 1, 4), ("ffn", 4, 1)]
 )

@@ -288,7 +288,12 @@ class Encoder(nn.Module):
                 # own sequence; padding (0) sees only padding, so no query row is empty (no NaN).
                 mask = (attention_mask[:, :, None] == attention_mask[:, None, :])[:, None]
             elif attention_mask.dim() == 2:  # [B, L] padding mask -> every query sees the same keys
-                mask = attention_mask.bool()[:, None, None, :]
+                # No padding at all (a lone text, equal lengths): no mask, so SDPA skips adding one to every
+                # score (bf16 MiniLM batch 8 x 128: 5.2 -> 4.4 ms per layer's attention). Not in a graph being
+                # compiled, exported or traced: it would bake in the example's answer (or need a graph per case).
+                graph = torch.compiler.is_compiling() or torch.jit.is_tracing()
+                unpadded = not graph and bool(attention_mask.all())
+                mask = None if unpadded else attention_mask.bool()[:, None, None, :]
             elif attention_mask.dim() == 3:  # [B, L, L] per-query mask (packed sequences)
                 mask = attention_mask.bool()[:, None, :, :]
             else:
