@@ -169,9 +169,13 @@ def test_fp32_packed_linears_match_the_model_within_1e_5():
 
 def test_a_prepared_model_can_be_prepared_again():
     """prepare() unpacks PackedLinear first: int8 quantization of a prepared fp32 model quantizes every linear
-    (torch.ao maps nn.Linear by exact type), and compile sees plain linears."""
+    (torch.ao maps nn.Linear by exact type), and compile sees plain linears; int8 of a bf16 model runs (it is
+    quantized from float32)."""
+    import copy
+
     from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantLinear
 
+    from bertforge.inference import fast
     from bertforge.inference.fast import PackedLinear
 
     torch.manual_seed(0)
@@ -181,3 +185,43 @@ def test_a_prepared_model_can_be_prepared_again():
         int8 = prepare(prepare(model, first), "int8")
         assert not any(isinstance(m, PackedLinear) for m in int8.modules())
         assert sum(isinstance(m, DynamicQuantLinear) for m in int8.modules()) == linears
+        ids = torch.randint(3, 100, (2, 9))
+        with torch.inference_mode():  # the GELU fused into a packed layer is back in its feed-forward
+            expected = prepare(model if first == "fp32" else fast._bf16(copy.deepcopy(model)), "int8")
+            torch.testing.assert_close(int8(ids).last_hidden_state, expected(ids).last_hidden_state, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("act", ["gelu", "gelu_new"])
+def test_feed_forward_gelu_runs_inside_the_packed_gemm(act):
+    """pack_linears moves each FeedForward's GELU (exact or tanh) into its up-projection, where oneDNN applies
+    it inside the GEMM (exact GELU up to FUSED_ERF_GELU_ROWS rows); float32 stays within 1e-5 of the model,
+    bf16 as close to the plain bf16 model as packing alone; the unfused paths give the same results."""
+    import copy
+
+    from bertforge.inference import fast
+    from bertforge.modeling import ACTIVATIONS, FeedForward
+
+    torch.manual_seed(0)
+    model = Encoder(PRESETS["test-tiny"].replace(hidden_act=act)).eval()
+    for precision in ("fp32", "bf16"):
+        prepared = prepare(model, precision)
+        ffns = [m for m in prepared.modules() if isinstance(m, FeedForward)]
+        if not isinstance(ffns[0].up, fast.PackedLinear):
+            pytest.skip(f"this CPU's oneDNN has no packed {precision} linear")
+        assert all(f.act is fast._identity and f.up.activation is ACTIVATIONS[act] for f in ffns)
+        reference = model if precision == "fp32" else fast._bf16(copy.deepcopy(model))
+        tolerance = 1e-5 if precision == "fp32" else 2e-2
+        for batch, length in ((1, 12), (2, 30), (12, 40)):  # 480 rows: exact GELU runs after the GEMM
+            ids = torch.randint(3, 100, (batch, length))
+            with torch.inference_mode():
+                got = prepared(ids).last_hidden_state.float()
+                expected = reference(ids).last_hidden_state.float()
+            torch.testing.assert_close(got, expected, rtol=tolerance, atol=tolerance)
+    layer = ffns[0].up  # bf16: fused and unfused kernels agree within bf16 rounding
+    x = torch.randn(2 * fast.FUSED_ERF_GELU_ROWS, layer.in_features, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        fused_rows = layer(x[:8]).float()
+        big = layer(x).float()
+        plain = ACTIVATIONS[act](torch.nn.functional.linear(x, layer.weight, layer.bias)).float()
+    torch.testing.assert_close(big, plain, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(fused_rows, plain[:8], rtol=2e-2, atol=2e-2)

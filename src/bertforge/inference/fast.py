@@ -76,7 +76,8 @@ def prepare(model: nn.Module, precision: Precision = "fp32", *, inplace: bool = 
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.ao.quantization announces its move to torchao
-            return quantize_dynamic(model, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
+            # from float32: a bf16 model's int8 layers would get bf16 inputs, which they refuse
+            return quantize_dynamic(model.float(), {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
     return model
 
 
@@ -92,6 +93,23 @@ def _bf16(model: nn.Module) -> nn.Module:
 # 2 cores: 12 tokens 47 vs 73 ms, 32 tokens 75 vs 92 ms, 128 tokens 235 vs 200 ms (slower); per-layer GEMMs
 # measured faster up to 96 rows with the weights in cache. bf16 is packed at every size (never slower).
 FP32_PACKED_ROWS = 64
+
+# Rows up to which the exact (erf) GELU runs inside the GEMM as oneDNN's post-op (bf16, 2 cores: BERT-base's
+# 768 -> 3072 at 12 rows 0.54 vs 0.69 ms with a separate F.gelu, at 128 rows 1.61 vs 1.78 ms); on bigger
+# blocks oneDNN's erf epilogue is the slower one (MiniLM's 384 -> 1536 at 4096 rows: 14.0 vs 12.2 ms). The
+# tanh approximation is always fused: aten's tanh GELU is slow (4096 rows: 15.2 fused vs 24.2 ms).
+FUSED_ERF_GELU_ROWS = 256
+
+
+def _fusable() -> dict[Callable, str]:
+    """Activation function (as modeling.FeedForward holds it) -> oneDNN's GELU algorithm for it."""
+    from ..modeling import ACTIVATIONS
+
+    return {ACTIVATIONS["gelu"]: "none", ACTIVATIONS["gelu_new"]: "tanh"}
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
 
 
 class PackedLinear(nn.Linear):
@@ -110,6 +128,10 @@ class PackedLinear(nn.Linear):
 
     _packed: torch.Tensor | None = None
     _key: tuple | None = None
+    # The activation applied to this layer's output (a FeedForward's up-projection; set by pack_linears):
+    # fused into the GEMM where it pays, applied after F.linear wherever the packed kernel is not used.
+    activation: Callable[[torch.Tensor], torch.Tensor] | None = None
+    _gelu_algorithm: str = ""
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> "PackedLinear":
@@ -129,13 +151,19 @@ class PackedLinear(nn.Linear):
         return not (torch.jit.is_tracing() or torch.compiler.is_compiling())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        act = self.activation
         if not self._usable(x):
-            return nn.functional.linear(x, self.weight, self.bias)
+            y = nn.functional.linear(x, self.weight, self.bias)
+            return y if act is None else act(y)
         key = (self.weight.data_ptr(), self.weight._version)
         if key != self._key:
             # 128: the batch-size hint inductor's dynamic-shape path also passes; any M runs (measured 1-300)
             self._packed, self._key = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), 128), key
-        return torch.ops.mkldnn._linear_pointwise(x, self._packed, self.bias, "none", [], "")
+        algorithm = self._gelu_algorithm
+        if act is not None and algorithm and (algorithm == "tanh" or x.numel() <= FUSED_ERF_GELU_ROWS * x.shape[-1]):
+            return torch.ops.mkldnn._linear_pointwise(x, self._packed, self.bias, "gelu", [], algorithm)
+        y = torch.ops.mkldnn._linear_pointwise(x, self._packed, self.bias, "none", [], "")
+        return y if act is None else act(y)
 
     def __getstate__(self):  # copy.deepcopy / pickle: an opaque oneDNN tensor has no storage to copy; re-pack
         return {k: v for k, v in self.__dict__.items() if k not in ("_packed", "_key")}
@@ -173,12 +201,26 @@ def pack_linears(model: nn.Module) -> nn.Module:
             usable.add(dtype)
         except RuntimeError:  # oneDNN could not create the primitive on this CPU
             pass
-    return _swap_linears(model, lambda m: type(m) is nn.Linear and m.weight.dtype in usable
-                         and m.weight.device.type == "cpu", PackedLinear)
+    _swap_linears(model, lambda m: type(m) is nn.Linear and m.weight.dtype in usable
+                  and m.weight.device.type == "cpu", PackedLinear)
+    # Each feed-forward's GELU moves into its up-projection, where oneDNN can apply it inside the GEMM.
+    from ..modeling import FeedForward
+
+    fusable = _fusable()
+    for ffn in model.modules():
+        if isinstance(ffn, FeedForward) and isinstance(ffn.up, PackedLinear) and ffn.act in fusable:
+            ffn.up.activation, ffn.up._gelu_algorithm, ffn.act = ffn.act, fusable[ffn.act], _identity
+    return model
 
 
 def unpack_linears(model: nn.Module) -> nn.Module:
-    """PackedLinear -> nn.Linear (in place, sharing the parameters): what quantization and compilation expect."""
+    """PackedLinear -> nn.Linear (in place, sharing the parameters; fused activations back in place): what
+    quantization and compilation expect."""
+    from ..modeling import FeedForward
+
+    for ffn in model.modules():
+        if isinstance(ffn, FeedForward) and isinstance(ffn.up, PackedLinear) and ffn.up.activation is not None:
+            ffn.act = ffn.up.activation
     return _swap_linears(model, lambda m: isinstance(m, PackedLinear), nn.Linear)
 
 
