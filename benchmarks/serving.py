@@ -145,10 +145,10 @@ def _runner(spec: tuple):
 
 def _serve_runner(conn, spec: tuple) -> None:
     """Worker process: build the runner, then time each text it is sent, inside the process. Exactly as
-    in the bertforge server: the model is built in the main thread and called from one dedicated thread
-    (on this busy 2-core machine, other arrangements measured many times slower for the same code)."""
-    call = _runner(spec)
+    in the bertforge server: the model is built and called in one dedicated thread (a second thread
+    running OpenMP work puts GNU OpenMP's workers to sleep between operators: bertforge.runtime)."""
     model_thread = ThreadPoolExecutor(1)
+    call = model_thread.submit(_runner, spec).result()
     conn.send("ready")
 
     def timed(text: str) -> tuple[float, list[float]]:

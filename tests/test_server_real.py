@@ -127,6 +127,35 @@ def test_each_endpoint_answers_what_the_pipeline_answers(dirs, name):
                     assert all(item["context"][a["start"]:a["end"]] == a["answer"] for a in answers)
 
 
+def test_the_model_is_loaded_and_run_in_the_process_model_thread(dirs, monkeypatch):
+    """One thread does all torch work of a server, loading included: a second thread starting OpenMP work
+    would put GNU OpenMP's workers to sleep between operators (bertforge.runtime.model_thread)."""
+    import threading
+
+    from bertforge.inference import server as srv
+    from bertforge.runtime import model_thread
+
+    threads = []
+    real = srv.load_pipelines
+
+    def recording(*args, **kwargs):
+        threads.append(threading.get_ident())
+        pipes, meta = real(*args, **kwargs)
+        wrapped = {}
+        for name, pipe in pipes.items():
+            def call(items, _pipe=pipe, **options):
+                threads.append(threading.get_ident())
+                return _pipe(items, **options)
+            wrapped[name] = call
+        return wrapped, meta
+
+    monkeypatch.setattr(srv, "load_pipelines", recording)
+    with ServerThread(srv.create_app_from_dir(dirs["mlm"], tasks=["embed"])) as url, httpx.Client(base_url=url) as c:
+        assert c.post("/v1/embed", json={"inputs": ["one", "two"]}).status_code == 200
+    home = model_thread().submit(threading.get_ident).result()
+    assert len(threads) >= 2 and set(threads) == {home}
+
+
 def test_pipeline_refusals_are_422(dirs):
     with ServerThread(create_app_from_dir(dirs["pair"])) as url, httpx.Client(base_url=url) as c:
         r = c.post("/v1/classify", json={"inputs": "a single text"})

@@ -26,7 +26,6 @@ import logging
 import secrets
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +41,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from ..errors import BertforgeError
+from ..runtime import model_thread
 from .batching import BatcherMetrics, MicroBatcher, QueueFull, ShuttingDown
 
 log = logging.getLogger("bertforge.server")
@@ -379,8 +379,9 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         # One thread runs every model call: forwards never compete for the cores (torch parallelises
-        # inside each), and the event loop stays free to accept, validate and refuse requests.
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bertforge-model")
+        # inside each), and the event loop stays free to accept, validate and refuse requests. The
+        # process's model thread, which also loaded the model (runtime.model_thread: one OpenMP team).
+        executor = model_thread()
         for name, pipeline in state.pipelines.items():
             batcher = MicroBatcher(
                 _batch_function(pipeline), executor=executor, name=name, cost=lambda item: _cost(item[0]),
@@ -392,7 +393,6 @@ def create_app(
         yield
         # uvicorn has stopped accepting and waited for in-flight requests; finish anything still queued.
         await asyncio.gather(*(b.close() for b in state.batchers.values()))
-        executor.shutdown(wait=True)
 
     app = FastAPI(
         title="bertforge",
@@ -533,8 +533,9 @@ def load_pipelines(model_dir: str | Path, tasks: list[str] | None = None,
 
 def create_app_from_dir(model_dir: str | Path, *, settings: ServeSettings | None = None, tasks: list[str] | None = None,
                         precision: str = "fp32", compile: bool = False) -> FastAPI:
-    """``create_app`` over the pipelines of a model directory (see ``load_pipelines``)."""
-    pipelines, meta = load_pipelines(model_dir, tasks, precision, compile)
+    """``create_app`` over the pipelines of a model directory (see ``load_pipelines``), loaded in the model
+    thread that will run them."""
+    pipelines, meta = model_thread().submit(load_pipelines, model_dir, tasks, precision, compile).result()
     return create_app(pipelines, settings=settings, model_name=Path(model_dir).resolve().name, **meta)
 
 
