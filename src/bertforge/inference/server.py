@@ -349,7 +349,9 @@ def create_app(
     """An app serving ``pipelines``: endpoint name ("fill-mask", "embed", "classify", "ner", "qa") ->
     a callable ``pipeline(list_of_inputs, **options) -> list_of_results``. ``mask_token`` lets fill-mask
     requests without one be refused up front; ``labels`` (task -> label names) and ``classify_pairs``
-    (the classifier reads text pairs) are shown in /v1/info for clients and the web demo."""
+    (the classifier reads text pairs) are shown in /v1/info for clients and the web demo. The pipelines run
+    in ``runtime.model_thread()``; build them there too (``model_thread().submit(build).result()``), as
+    ``create_app_from_dir`` does: torch work started from a second thread costs every operator a wake-up."""
     settings = settings or ServeSettings()
     unknown = sorted(set(pipelines) - set(TASKS))
     if unknown:
