@@ -147,8 +147,9 @@ def _serve_runner(conn, spec: tuple) -> None:
     """Worker process: build the runner, then time each text it is sent, inside the process. Exactly as
     in the bertforge server: the model is built and called in one dedicated thread (a second thread
     running OpenMP work puts GNU OpenMP's workers to sleep between operators: bertforge.runtime)."""
-    model_thread = ThreadPoolExecutor(1)
-    call = model_thread.submit(_runner, spec).result()
+    from bertforge.runtime import model_thread
+
+    call = model_thread().submit(_runner, spec).result()
     conn.send("ready")
 
     def timed(text: str) -> tuple[float, list[float]]:
@@ -157,7 +158,7 @@ def _serve_runner(conn, spec: tuple) -> None:
         return time.perf_counter() - start, torch.as_tensor(out, dtype=torch.float32).flatten().tolist()
 
     while (text := conn.recv()) is not None:
-        conn.send(model_thread.submit(timed, text).result())
+        conn.send(model_thread().submit(timed, text).result())
 
 
 class Worker:

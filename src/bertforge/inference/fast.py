@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ..errors import BertforgeError
+from ..modeling import ACTIVATIONS, Encoder, FeedForward
 
 Precision = Literal["fp32", "bf16", "int8"]
 Forward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -101,11 +102,8 @@ FP32_PACKED_ROWS = 64
 FUSED_ERF_GELU_ROWS = 256
 
 
-def _fusable() -> dict[Callable, str]:
-    """Activation function (as modeling.FeedForward holds it) -> oneDNN's GELU algorithm for it."""
-    from ..modeling import ACTIVATIONS
-
-    return {ACTIVATIONS["gelu"]: "none", ACTIVATIONS["gelu_new"]: "tanh"}
+# Activation function (as modeling.FeedForward holds it) -> oneDNN's GELU algorithm for it.
+_GELU_ALGORITHM: dict[Callable, str] = {ACTIVATIONS["gelu"]: "none", ACTIVATIONS["gelu_new"]: "tanh"}
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
@@ -131,7 +129,6 @@ class PackedLinear(nn.Linear):
     # The activation applied to this layer's output (a FeedForward's up-projection; set by pack_linears):
     # fused into the GEMM where it pays, applied after F.linear wherever the packed kernel is not used.
     activation: Callable[[torch.Tensor], torch.Tensor] | None = None
-    _gelu_algorithm: str = ""
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> "PackedLinear":
@@ -159,8 +156,8 @@ class PackedLinear(nn.Linear):
         if key != self._key:
             # 128: the batch-size hint inductor's dynamic-shape path also passes; any M runs (measured 1-300)
             self._packed, self._key = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), 128), key
-        algorithm = self._gelu_algorithm
-        if act is not None and algorithm and (algorithm == "tanh" or x.numel() <= FUSED_ERF_GELU_ROWS * x.shape[-1]):
+        algorithm = _GELU_ALGORITHM.get(act) if act is not None else None
+        if algorithm and (algorithm == "tanh" or x.numel() <= FUSED_ERF_GELU_ROWS * x.shape[-1]):
             return torch.ops.mkldnn._linear_pointwise(x, self._packed, self.bias, "gelu", [], algorithm)
         y = torch.ops.mkldnn._linear_pointwise(x, self._packed, self.bias, "none", [], "")
         return y if act is None else act(y)
@@ -204,20 +201,15 @@ def pack_linears(model: nn.Module) -> nn.Module:
     _swap_linears(model, lambda m: type(m) is nn.Linear and m.weight.dtype in usable
                   and m.weight.device.type == "cpu", PackedLinear)
     # Each feed-forward's GELU moves into its up-projection, where oneDNN can apply it inside the GEMM.
-    from ..modeling import FeedForward
-
-    fusable = _fusable()
     for ffn in model.modules():
-        if isinstance(ffn, FeedForward) and isinstance(ffn.up, PackedLinear) and ffn.act in fusable:
-            ffn.up.activation, ffn.up._gelu_algorithm, ffn.act = ffn.act, fusable[ffn.act], _identity
+        if isinstance(ffn, FeedForward) and isinstance(ffn.up, PackedLinear) and ffn.act in _GELU_ALGORITHM:
+            ffn.up.activation, ffn.act = ffn.act, _identity
     return model
 
 
 def unpack_linears(model: nn.Module) -> nn.Module:
     """PackedLinear -> nn.Linear (in place, sharing the parameters; fused activations back in place): what
     quantization and compilation expect."""
-    from ..modeling import FeedForward
-
     for ffn in model.modules():
         if isinstance(ffn, FeedForward) and isinstance(ffn.up, PackedLinear) and ffn.up.activation is not None:
             ffn.act = ffn.up.activation
@@ -226,8 +218,6 @@ def unpack_linears(model: nn.Module) -> nn.Module:
 
 def _compiled(model: nn.Module, dynamic: bool) -> nn.Module:
     import torch._inductor.config as inductor_config
-
-    from ..modeling import Encoder
 
     # A process-wide inductor switch; it only changes graphs compiled without gradients (inference).
     inductor_config.freezing = True

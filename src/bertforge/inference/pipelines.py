@@ -56,8 +56,9 @@ def _check_texts(texts: list, what: str = "input") -> None:
             raise BertforgeError(f"{what} {i} is empty; nothing to run the model on")
 
 
-def _size(item: Any) -> int:
-    """A cheap stand-in for an input's token count: its characters (QA / pair dicts: all their texts)."""
+def input_size(item: Any) -> int:
+    """A cheap stand-in for an input's token count: its characters (QA / pair dicts: all their texts). Sorts
+    pipeline inputs into batches and the server's queued items into forwards."""
     if isinstance(item, str):
         return len(item)
     if isinstance(item, dict):
@@ -78,7 +79,7 @@ class Pipeline:
         # its own longest, and the results go back to input order.
         order = list(range(len(items)))
         if len(items) > self.batch_size:
-            order.sort(key=lambda i: _size(items[i]))
+            order.sort(key=lambda i: input_size(items[i]))
         try:
             results = self._batches(items, order, options)
         except BertforgeError:

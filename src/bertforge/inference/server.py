@@ -43,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 from ..errors import BertforgeError
 from ..runtime import model_thread
 from .batching import BatcherMetrics, MicroBatcher, QueueFull, ShuttingDown
+from .pipelines import input_size
 
 log = logging.getLogger("bertforge.server")
 STATIC = Path(__file__).parent / "static"
@@ -190,11 +191,6 @@ def _inputs(task: Task, req: Any, settings: ServeSettings, mask_token: str | Non
             raise HTTPError(422, f"{where} has no mask token; put {mask_token} where a word should be predicted")
         items.append(value)
     return items
-
-
-def _cost(item: Any) -> int:
-    """Length for grouping items into forwards: characters, a cheap stand-in for tokens."""
-    return sum(map(len, item.values())) if isinstance(item, dict) else len(item)
 
 
 _PLAIN = frozenset({str, int, float, bool, type(None)})
@@ -386,7 +382,7 @@ def create_app(
         executor = model_thread()
         for name, pipeline in state.pipelines.items():
             batcher = MicroBatcher(
-                _batch_function(pipeline), executor=executor, name=name, cost=lambda item: _cost(item[0]),
+                _batch_function(pipeline), executor=executor, name=name, cost=lambda item: input_size(item[0]),
                 max_batch=settings.max_batch, max_wait=settings.max_wait, max_queue=settings.max_queue,
                 metrics=batch_metrics,
             )
