@@ -6,7 +6,8 @@ span_position with span masking. Padding goes to the longest sequence of the bat
 multiple of 8 by default (tensor-core friendly shapes, fewer distinct shapes to compile).
 
 ``PretrainingStream`` yields such batches forever. Everything about a batch is a pure function of
-(seed, epoch, position): the epoch's order is a seeded permutation, each rank takes every world_size-th
+(seed, epoch, position): the epoch's order is a seeded permutation (with ``group_by_length``, rearranged
+into batches of similar length by the same seeded generator), each rank takes every world_size-th
 sequence of it, and masks come from (seed, masking round, sequence index) (see masking.py). Its state is
 just (epoch, position), so a resumed run produces exactly the batch the interrupted one would have.
 """
@@ -82,6 +83,29 @@ class PretrainingCollator:
         return batch
 
 
+# Examples per length group = this x the batch size (the megabatch of transformers' LengthGroupedSampler).
+GROUP_BATCHES = 50
+
+
+def group_by_length(order: np.ndarray, lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> np.ndarray:
+    """``order`` (a shuffled [N] index array; ``lengths[k]`` is the length of ``order[k]``) rearranged so that
+    its consecutive slices of ``batch_size`` hold examples of similar length: cut into groups of GROUP_BATCHES
+    batches, each group sorted by length and cut into batches, the batches shuffled with ``rng``. Only the
+    last group can end in a short batch; it stays last. A batch is padded to its longest example: random
+    batches of real data carry 19-52% padding (pretraining builders on the named corpora) or 43-55% (task
+    data; docs/PERFORMANCE.md), grouped ones 2-11%, and each batch is still a draw from a random group."""
+    order, lengths = np.asarray(order), np.asarray(lengths)
+    group = GROUP_BATCHES * batch_size
+    batches: list[np.ndarray] = []
+    for start in range(0, len(order), group):
+        # stable descending sort: equal lengths keep their (random) order
+        members = order[start:start + group][np.argsort(-lengths[start:start + group], kind="stable")]
+        batches += [members[i:i + batch_size] for i in range(0, len(members), batch_size)]
+    last = [batches.pop()] if batches and len(batches[-1]) < batch_size else []
+    batches = [batches[i] for i in rng.permutation(len(batches))] + last
+    return np.concatenate(batches) if batches else order[:0]
+
+
 class EpochCursor:
     """Iteration shared by the pretraining streams: yield batch_at(epoch, position), then advance."""
 
@@ -109,11 +133,14 @@ class PretrainingStream(EpochCursor):
     draws fresh masks every epoch. Static masking (BERT) fixes them: with ``dupe_factor`` d the epoch holds
     d copies of every sequence, copy c masked with round c, as BERT's create_pretraining_data wrote
     dupe_factor differently masked copies of its data (the sequences themselves are built once here).
+    ``group_by_length`` (pretrain.py's default): the permutation is grouped (group_by_length) into global
+    batches of batch_size x world_size before the ranks take their shares.
     """
 
     def __init__(self, store: Any, builder: Any, masker: Masker, batch_size: int, *, split: str | None = "train",
                  seed: int = 0, rank: int = 0, world_size: int = 1, static_masking: bool = False,
-                 dupe_factor: int = 1, pad_to_multiple_of: int | None = 8, examples: Examples | None = None):
+                 dupe_factor: int = 1, pad_to_multiple_of: int | None = 8, examples: Examples | None = None,
+                 group_by_length: bool = False):
         if not 0 <= rank < world_size:
             raise BertforgeError(f"rank={rank} is not in 0..world_size-1 (world_size={world_size})")
         if batch_size < 1 or dupe_factor < 1:
@@ -131,12 +158,19 @@ class PretrainingStream(EpochCursor):
                 f"split {split!r} gives {len(self.examples)} sequences, fewer than one batch of {batch_size} "
                 f"on each of {world_size} ranks"
             )
+        self.group_by_length = group_by_length
         self.epoch, self.position = 0, 0
         self._order_epoch, self._order = -1, np.zeros(0, dtype=np.int64)
 
     def _rank_order(self, epoch: int) -> np.ndarray:
         if epoch != self._order_epoch:
-            perm = np.random.default_rng([self.seed, epoch]).permutation(self.entries)
+            rng = np.random.default_rng([self.seed, epoch])
+            perm = rng.permutation(self.entries)
+            if self.group_by_length:
+                # grouped into global batches of batch_size x world_size, so at every step all ranks get
+                # sequences of similar length (no rank waits for another's longer batch)
+                perm = group_by_length(perm, self.examples.lengths()[perm % len(self.examples)],
+                                       self.batch_size * self.world_size, rng)
             self._order = perm[self.rank::self.world_size][: self.batches_per_epoch * self.batch_size]
             self._order_epoch = epoch
         return self._order
@@ -154,15 +188,18 @@ class PretrainingStream(EpochCursor):
         """Where the stream is (the next batch it yields), plus what must match on resume."""
         return {"epoch": self.epoch, "position": self.position, "seed": self.seed, "sequences": len(self.examples),
                 "batch_size": self.batch_size, "world_size": self.world_size, "dupe_factor": self.dupe_factor,
-                "static_masking": int(self.static_masking)}
+                "static_masking": int(self.static_masking), "group_by_length": int(self.group_by_length)}
 
     def load_state_dict(self, state: Mapping[str, int]) -> None:
-        for key in ("seed", "sequences", "batch_size", "world_size", "dupe_factor", "static_masking"):
+        for key in ("seed", "sequences", "batch_size", "world_size", "dupe_factor", "static_masking",
+                    "group_by_length"):
             mine = self.state_dict()[key]
-            if key in state and int(state[key]) != mine:
+            # a checkpoint from before grouping existed was written by an ungrouped stream
+            theirs = state.get(key, 0) if key == "group_by_length" else state.get(key, mine)
+            if int(theirs) != mine:
                 raise BertforgeError(
-                    f"data stream state: {key}={state[key]} in the checkpoint but {mine} now; resuming exactly "
-                    "needs the same corpus split, builder, seed, batch size and world size"
+                    f"data stream state: {key}={theirs} in the checkpoint but {mine} now; resuming exactly "
+                    "needs the same corpus split, builder, seed, batch size, world size and group_by_length"
                 )
         epoch, position = int(state["epoch"]), int(state["position"])
         if not 0 <= position < self.batches_per_epoch:

@@ -17,10 +17,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..adapters import AdapterSet, install, train_only_adapters
 from ..convert.checkpoint import load_pretrained
+from ..data.collate import group_by_length
 from ..data.tokenizers import AutoTokenizer
 from ..errors import BertforgeError
 from ..features import layerwise_lr_groups
@@ -34,21 +36,14 @@ from .evaluate import check_labels, evaluate
 from .store import save_task_model
 
 
-# Examples per length group = this x batch size (the megabatch of transformers' LengthGroupedSampler).
-GROUP_BATCHES = 50
-
-
 class EpochStream:
     """Shuffled mini-batches of the training features, epoch after epoch (the step budget ends the run).
 
     Each batch also carries ``rows`` (where its examples came from), so a failure names them.
     The position (epoch, index) is the whole state: epoch e's order is a permutation seeded by seed + e.
 
-    ``group_by_length``: a batch is padded to its longest example, and on real task data random batches of
-    32 are 43-55% padding (chinese-sentiment, msra-ner, OCNLI, rotten-tomatoes; docs/PERFORMANCE.md), compute
-    spent on nothing. So each epoch's shuffled order is cut into groups of GROUP_BATCHES batches, each group
-    sorted by length and cut into batches, and the batches are shuffled again: padding falls to 2-3% and
-    every batch is still a random draw from a random group (as transformers' ``group_by_length``)."""
+    ``group_by_length``: batches of examples of similar length (data.collate.group_by_length): random
+    batches of 32 on real task data are 43-55% padding, grouped ones 2-3%."""
 
     def __init__(self, features: list[dict], rows: list[str], batch_size: int, pad_id: int, seed: int,
                  group_by_length: bool = False):
@@ -59,22 +54,11 @@ class EpochStream:
 
     def order(self, epoch: int) -> list[int]:
         """The epoch's feature indices; its batches are consecutive slices of ``batch_size``."""
-        n, size = len(self.features), self.batch_size
-        generator = torch.Generator().manual_seed(self.seed + epoch)
-        order = torch.randperm(n, generator=generator)
-        if not self.group_by_length or n == 0:
-            return order.tolist()
-        lengths = torch.tensor([len(f["input_ids"]) for f in self.features])
-        group = GROUP_BATCHES * size
-        batches = []
-        for start in range(0, n, group):
-            members = order[start:start + group]
-            members = members[torch.sort(lengths[members], descending=True, stable=True).indices]
-            batches += list(members.split(size))
-        # only the last group can end in a short batch: it stays last, so every batch is a slice of size
-        last = [batches.pop()] if len(batches[-1]) < size else []
-        batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()] + last
-        return torch.cat(batches).tolist()
+        order = torch.randperm(len(self.features), generator=torch.Generator().manual_seed(self.seed + epoch)).numpy()
+        if self.group_by_length:
+            lengths = np.array([len(self.features[i]["input_ids"]) for i in order])
+            order = group_by_length(order, lengths, self.batch_size, np.random.default_rng([self.seed, epoch]))
+        return order.tolist()
 
     def __iter__(self):
         n = len(self.features)
