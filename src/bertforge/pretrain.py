@@ -43,8 +43,9 @@ class DataConfig:
     # Pack several sequences into each max_len row (data/packing.py): no compute on padding. MLM-style
     # recipes only (NSP/SOP classify each row's [CLS]).
     pack: bool = False
-    # Unpacked streams: batches of sequences of similar length (data/collate.py group_by_length), so a batch
-    # pads little: random batches of the builders on the named corpora carry 19-52% padding, grouped 3-11%.
+    # Unpacked training streams: batches of sequences of similar length (data/collate.py group_by_length), so
+    # a batch pads little: random batches of the builders on the named corpora carry 19-52% padding, grouped
+    # 3-11%. (Held-out batches stay random: the loop averages their metrics per batch.)
     group_by_length: bool = True
 
 
@@ -294,10 +295,11 @@ def build_streams(spec: PretrainSpec, store, tokenizer, seed: int, eval_batches:
         return train, None
 
     def eval_factory():
-        # a fresh pass over the same held-out batches each time: same sequences, same masks
+        # a fresh pass over the same held-out batches each time: same sequences, same masks. Not grouped by
+        # length: the loop averages metrics over batches, and batches of short sequences would count as much
+        # as long ones (held-out numbers comparable between grouped and ungrouped runs)
         stream = PretrainingStream(store, make, masker, eval_batch, split="validation", seed=seed + 1,
-                                   examples=held_out, pad_to_multiple_of=data.pad_to_multiple_of,
-                                   group_by_length=data.group_by_length)
+                                   examples=held_out, pad_to_multiple_of=data.pad_to_multiple_of)
         count = stream.batches_per_epoch if not eval_batches else min(eval_batches, stream.batches_per_epoch)
         return itertools.islice(stream, count)
 
