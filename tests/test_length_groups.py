@@ -77,6 +77,12 @@ def test_resuming_mid_epoch_gives_the_same_batches():
     resumed = iter(b)
     for _ in range(30):  # across the epoch boundary (19 batches an epoch)
         assert next(it)["rows"] == next(resumed)["rows"]
+    plain = EpochStream(features, [str(i) for i in range(len(features))], 16, 0, seed=1)
+    with pytest.raises(BertforgeError, match="resume it with --group-by-length"):
+        plain.load_state_dict(a.state_dict())
+    with pytest.raises(BertforgeError, match="resume it with --no-group-by-length"):
+        b.load_state_dict({"epoch": 0, "index": 32})  # written before grouping existed
+    plain.load_state_dict({"epoch": 0, "index": 32})
 
 
 @pytest.fixture

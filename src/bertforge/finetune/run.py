@@ -73,9 +73,15 @@ class EpochStream:
             self.epoch, self.index = self.epoch + 1, 0
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "index": self.index}
+        return {"epoch": self.epoch, "index": self.index, "group_by_length": int(self.group_by_length)}
 
     def load_state_dict(self, state: dict) -> None:
+        grouped = int(state.get("group_by_length", 0))  # a checkpoint from before grouping: random batches
+        if grouped != self.group_by_length:
+            raise BertforgeError(
+                f"the checkpoint's run {'batched by length' if grouped else 'took random batches'}; resume it "
+                f"with {'--group-by-length' if grouped else '--no-group-by-length'} to get the same batches"
+            )
         self.epoch, self.index = int(state["epoch"]), int(state["index"])
 
 
