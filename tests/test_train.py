@@ -254,7 +254,12 @@ def test_loss_falls_and_run_directory_is_complete(tmp_path):
     assert (result.step, result.stopped_by) == (40, "max_steps")
     train = records(tmp_path, "train")
     assert [r["step"] for r in train] == [5, 10, 15, 20, 25, 30, 35, 40]
-    assert {"step", "tokens", "lr", "loss", "grad_norm", "mlm_loss", "mlm_acc", "tokens_per_s", "elapsed"} <= set(train[0])
+    assert {"step", "tokens", "lr", "loss", "grad_norm", "mlm_loss", "mlm_acc", "padding", "tokens_per_s",
+            "elapsed"} <= set(train[0])
+    # padding: the share of each window's batch slots (5 steps x 4 rows x 16 positions) without a token
+    seen = [0] + [r["tokens"] for r in train]
+    assert [r["padding"] for r in train] == [round(1 - (b - a) / (5 * 4 * 16), 4) for a, b in zip(seen, seen[1:])]
+    assert 0.1 < train[0]["padding"] < 0.4  # the toy stream's rows are 8-16 of 16 positions long
     assert train[-1]["loss"] < 0.9 * train[0]["loss"]
     assert train[-1]["tokens"] == result.tokens > 0
     evals = records(tmp_path, "eval")

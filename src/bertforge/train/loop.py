@@ -226,7 +226,7 @@ class Trainer:
             if out is None:
                 stopped_by = "data"
                 break
-            loss_sum, tokens, metrics = out
+            loss_sum, tokens, slots, metrics = out
             grad_norm = self._clip()
             now = time.monotonic()
             main = self.dist.is_main
@@ -234,7 +234,7 @@ class Trainer:
             keys = sorted(metrics)
             control = torch.tensor(
                 [loss_sum, tokens, float(self._interrupted), float(save_due),
-                 elapsed0 + now - clock0 if main else 0.0, *[metrics[k] for k in keys]],
+                 elapsed0 + now - clock0 if main else 0.0, slots, *[metrics[k] for k in keys]],
                 dtype=torch.float64, device=self.device)
             control = distributed.all_reduce_sum(control).tolist()
             world = self.dist.world_size
@@ -252,9 +252,9 @@ class Trainer:
             self.step += 1
             self.tokens += int(round(control[1]))
             self.elapsed = control[4]
-            step_metrics = {k: v / world for k, v in zip(keys, control[5:])}
+            step_metrics = {k: v / world for k, v in zip(keys, control[6:])}
             _accumulate_window(window, {"loss": loss, "grad_norm": grad_norm, **step_metrics},
-                               tokens=control[1], seconds=time.monotonic() - t0)
+                               tokens=control[1], seconds=time.monotonic() - t0, slots=control[5])
             if bar is not None:
                 bar.update(self._bar_increment(control[1], elapsed0 + now - clock0))
             if self.step % cfg.log_every == 0:
@@ -316,12 +316,14 @@ class Trainer:
         return {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
                 for k, v in batch.items()}
 
-    def _accumulate(self, batches) -> tuple[float, float, dict[str, float]] | None:
-        """Forward and backward ``grad_accum`` micro-batches. Returns (mean loss, non-padding tokens,
-        mean metrics) of this process, or None when the stream ended (the partial step is discarded)."""
+    def _accumulate(self, batches) -> tuple[float, float, float, dict[str, float]] | None:
+        """Forward and backward ``grad_accum`` micro-batches. Returns (mean loss, non-padding tokens, token
+        slots (padding included), mean metrics) of this process, or None when the stream ended (the partial
+        step is discarded)."""
         accum = self.config.grad_accum
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         tokens = torch.zeros((), dtype=torch.float64, device=self.device)
+        slots = 0
         metric_sums: dict[str, float] = {}
         for i in range(accum):
             try:
@@ -331,6 +333,7 @@ class Trainer:
                 return None
             mask = batch.get("attention_mask")
             tokens += mask.count_nonzero() if mask is not None else batch["input_ids"].numel()  # packed masks hold sequence numbers
+            slots += batch["input_ids"].numel()
             sync = i == accum - 1
             no_sync = self.model.no_sync() if self.dist.distributed and not sync else contextlib.nullcontext()
             with no_sync:
@@ -341,7 +344,7 @@ class Trainer:
             loss_sum += loss.detach().double()
             for k, v in metrics.items():
                 metric_sums[k] = metric_sums.get(k, 0.0) + float(v)
-        return loss_sum.item() / accum, tokens.item(), {k: v / accum for k, v in metric_sums.items()}
+        return loss_sum.item() / accum, tokens.item(), slots, {k: v / accum for k, v in metric_sums.items()}
 
     def _clip(self) -> torch.Tensor:
         """Unscale (fp16) and clip the global gradient norm; returns the norm before clipping."""
@@ -499,12 +502,14 @@ class Trainer:
 
     def _log_train(self, window: dict[str, float], lr: float, bar) -> None:
         n = window.pop("_n")
-        tokens, seconds = window.pop("_tokens"), window.pop("_seconds")
+        tokens, seconds, slots = window.pop("_tokens"), window.pop("_seconds"), window.pop("_slots")
         means = {k: v / n for k, v in window.items()}
         speed = tokens / seconds if seconds > 0 else 0.0
+        # share of the window's batch slots (rows x length, all processes) that held padding
+        padding = round(1 - tokens / slots, 4) if slots else 0.0
         if self.dist.is_main:
             self.log.write({"kind": "train", "step": self.step, "tokens": self.tokens, "lr": lr, **means,
-                            "tokens_per_s": round(speed, 1), "elapsed": round(self.elapsed, 3)})
+                            "padding": padding, "tokens_per_s": round(speed, 1), "elapsed": round(self.elapsed, 3)})
             if bar is not None:
                 bar.set_postfix(loss=f"{means['loss']:.4f}", lr=f"{lr:.2e}", tok_s=f"{speed:,.0f}", refresh=False)
 
@@ -529,9 +534,11 @@ class Trainer:
         return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
 
 
-def _accumulate_window(window: dict[str, float], values: dict[str, float], tokens: float, seconds: float) -> None:
+def _accumulate_window(window: dict[str, float], values: dict[str, float], tokens: float, seconds: float,
+                       slots: float) -> None:
     for k, v in values.items():
         window[k] = window.get(k, 0.0) + v
     window["_n"] = window.get("_n", 0) + 1
     window["_tokens"] = window.get("_tokens", 0.0) + tokens
     window["_seconds"] = window.get("_seconds", 0.0) + seconds
+    window["_slots"] = window.get("_slots", 0.0) + slots

@@ -1,7 +1,7 @@
 """What a run leaves to read: metrics.jsonl, TensorBoard events, and report.md with PNG curves.
 
 metrics.jsonl has one JSON object per line: ``kind`` "train" (step, tokens, lr, loss, grad_norm, each
-objective metric, tokens_per_s, elapsed), "eval" (step, tokens, loss, each metric, elapsed) or "event"
+objective metric, padding, tokens_per_s, elapsed), "eval" (step, tokens, loss, each metric, elapsed) or "event"
 (checkpoint, resume, stop).
 """
 
@@ -109,7 +109,7 @@ def write_report(run_dir: str | Path, summary: dict[str, Any] | None = None) -> 
     train = [r for r in records if r.get("kind") == "train"]
     evals = [r for r in records if r.get("kind") == "eval"]
     metric_keys = sorted({k for r in train + evals for k in r if isinstance(r[k], (int, float))} -
-                         {"step", "tokens", "lr", "elapsed", "tokens_per_s", "grad_norm"})
+                         {"step", "tokens", "lr", "elapsed", "tokens_per_s", "grad_norm", "padding"})
     acc_keys = [k for k in metric_keys if "acc" in k]
     loss_keys = [k for k in metric_keys if "loss" in k]
 
@@ -133,6 +133,9 @@ def write_report(run_dir: str | Path, summary: dict[str, Any] | None = None) -> 
         speeds = sorted(r["tokens_per_s"] for r in train if r.get("tokens_per_s"))
         if speeds:
             facts["median tokens/s"] = round(speeds[len(speeds) // 2], 1)
+        pads = sorted(r["padding"] for r in train if "padding" in r)
+        if pads:
+            facts["median padding"] = f"{pads[len(pads) // 2]:.1%}"
         facts["last train loss"] = last.get("loss")
     lines += ["| | |", "|---|---|"] + [f"| {k} | {_fmt(v)} |" for k, v in facts.items()] + [""]
     if evals:
