@@ -127,7 +127,7 @@ def distill_pretrain(spec, run_dir: str | Path, layers: Sequence[int] | None = N
     student = student_from_teacher(teacher, layers=settings["layers"])
     objective = DistillationObjective(teacher, student, settings["temperature"], settings["alpha_ce"],
                                       settings["alpha_mlm"], settings["alpha_cos"])
-    train_stream, eval_factory = build_streams(spec, store, tokenizer, tcfg.seed, tcfg.eval_batches)
+    train_stream, eval_factory = build_streams(spec, store, tokenizer, tcfg.seed, tcfg.eval_batches, tcfg.grad_accum)
     trainer = Trainer(objective, train_stream, eval_factory, tcfg, run_dir, resume=resume,
                       export_fn=exporter(objective, tokenizer, spec), progress_bar=progress_bar,
                       run_info={"pretrain": spec.to_dict(), "model": student.config.to_dict(), "distill": settings})
@@ -302,7 +302,7 @@ def distill_task(
     def task_eval() -> dict[str, float]:
         return evaluate(student, tok, eval_data, batch_size=max(32, batch_size), progress="eval" if progress else None)[0]
 
-    stream = EpochStream(features, rows, batch_size, tok.pad_token_id, config.seed, group_by_length)
+    stream = EpochStream(features, rows, batch_size, tok.pad_token_id, config.seed, group_by_length, config.grad_accum)
     kwargs = dict(resume=resume, run_info=run_info, progress_bar=progress,
                   export_fn=lambda d: layout.__setitem__("final", save_task_model(student, tok, d)))
     if eval_data is not None:

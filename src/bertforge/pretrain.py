@@ -267,7 +267,9 @@ def build_objective(spec: PretrainSpec, config: ModelConfig):
     return objectives.compose(model, r.objectives)
 
 
-def build_streams(spec: PretrainSpec, store, tokenizer, seed: int, eval_batches: int):
+def build_streams(spec: PretrainSpec, store, tokenizer, seed: int, eval_batches: int, step_batches: int = 1):
+    """(training stream, held-out stream factory or None); ``step_batches``: micro-batches per optimizer step
+    (grad_accum), the unit the training stream groups by length."""
     from .data.builders import builder
     from .data.collate import PretrainingStream
 
@@ -280,7 +282,8 @@ def build_streams(spec: PretrainSpec, store, tokenizer, seed: int, eval_batches:
         return _packed_streams(spec, r, data, store, make, masker, seed, eval_batches)
     train = PretrainingStream(store, make, masker, data.batch_size, split="train", seed=seed,
                               static_masking=not r.dynamic, dupe_factor=dupe if not r.dynamic else 1,
-                              pad_to_multiple_of=data.pad_to_multiple_of, group_by_length=data.group_by_length)
+                              pad_to_multiple_of=data.pad_to_multiple_of, group_by_length=data.group_by_length,
+                              step_batches=step_batches)
     if len(store.documents("validation")) == 0:
         warnings.warn(f"corpus store {spec.corpus} has no validation documents: no held-out evaluation")
         return train, None
@@ -379,7 +382,7 @@ def pretrain(spec: PretrainSpec, run_dir: str | Path, resume: bool = False, prog
     if model_cfg.position_type == "absolute" and positions > model_cfg.max_position_embeddings:
         raise BertforgeError(f"max_len={data.max_len} needs {positions} positions but the model has "
                              f"{model_cfg.max_position_embeddings}; lower max_len")
-    train_stream, eval_factory = build_streams(spec, store, tokenizer, tcfg.seed, tcfg.eval_batches)
+    train_stream, eval_factory = build_streams(spec, store, tokenizer, tcfg.seed, tcfg.eval_batches, tcfg.grad_accum)
     trainer = Trainer(objective, train_stream, eval_factory, tcfg, run_dir, resume=resume,
                       export_fn=exporter(objective, tokenizer, spec),
                       run_info={"pretrain": spec.to_dict(), "model": model_cfg.to_dict()}, progress_bar=progress_bar)

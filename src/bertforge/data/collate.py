@@ -133,14 +133,16 @@ class PretrainingStream(EpochCursor):
     draws fresh masks every epoch. Static masking (BERT) fixes them: with ``dupe_factor`` d the epoch holds
     d copies of every sequence, copy c masked with round c, as BERT's create_pretraining_data wrote
     dupe_factor differently masked copies of its data (the sequences themselves are built once here).
-    ``group_by_length`` (pretrain.py's default): the permutation is grouped (group_by_length) into global
-    batches of batch_size x world_size before the ranks take their shares.
+    ``group_by_length`` (pretrain.py's default): the permutation is grouped (group_by_length) in units of an
+    optimizer step, batch_size x world_size x ``step_batches`` (gradient accumulation) sequences, before the
+    ranks take their shares: every rank and micro-batch of a step holds sequences of similar length, and a
+    step's sequences do not depend on how it is split (2 processes x 8 = 1 process x 2 micro-batches x 8).
     """
 
     def __init__(self, store: Any, builder: Any, masker: Masker, batch_size: int, *, split: str | None = "train",
                  seed: int = 0, rank: int = 0, world_size: int = 1, static_masking: bool = False,
                  dupe_factor: int = 1, pad_to_multiple_of: int | None = 8, examples: Examples | None = None,
-                 group_by_length: bool = False):
+                 group_by_length: bool = False, step_batches: int = 1):
         if not 0 <= rank < world_size:
             raise BertforgeError(f"rank={rank} is not in 0..world_size-1 (world_size={world_size})")
         if batch_size < 1 or dupe_factor < 1:
@@ -158,7 +160,8 @@ class PretrainingStream(EpochCursor):
                 f"split {split!r} gives {len(self.examples)} sequences, fewer than one batch of {batch_size} "
                 f"on each of {world_size} ranks"
             )
-        self.group_by_length = group_by_length
+        # sequences per length-grouped unit (an optimizer step, all ranks); 0 = random batches
+        self.group_unit = batch_size * world_size * step_batches if group_by_length else 0
         self.epoch, self.position = 0, 0
         self._order_epoch, self._order = -1, np.zeros(0, dtype=np.int64)
 
@@ -166,11 +169,8 @@ class PretrainingStream(EpochCursor):
         if epoch != self._order_epoch:
             rng = np.random.default_rng([self.seed, epoch])
             perm = rng.permutation(self.entries)
-            if self.group_by_length:
-                # grouped into global batches of batch_size x world_size, so at every step all ranks get
-                # sequences of similar length (no rank waits for another's longer batch)
-                perm = group_by_length(perm, self.examples.lengths()[perm % len(self.examples)],
-                                       self.batch_size * self.world_size, rng)
+            if self.group_unit:  # no rank waits for another's longer batch
+                perm = group_by_length(perm, self.examples.lengths()[perm % len(self.examples)], self.group_unit, rng)
             self._order = perm[self.rank::self.world_size][: self.batches_per_epoch * self.batch_size]
             self._order_epoch = epoch
         return self._order
@@ -188,18 +188,19 @@ class PretrainingStream(EpochCursor):
         """Where the stream is (the next batch it yields), plus what must match on resume."""
         return {"epoch": self.epoch, "position": self.position, "seed": self.seed, "sequences": len(self.examples),
                 "batch_size": self.batch_size, "world_size": self.world_size, "dupe_factor": self.dupe_factor,
-                "static_masking": int(self.static_masking), "group_by_length": int(self.group_by_length)}
+                "static_masking": int(self.static_masking), "group_by_length": self.group_unit}
 
     def load_state_dict(self, state: Mapping[str, int]) -> None:
         for key in ("seed", "sequences", "batch_size", "world_size", "dupe_factor", "static_masking",
                     "group_by_length"):
             mine = self.state_dict()[key]
-            # a checkpoint from before grouping existed was written by an ungrouped stream
+            # group_by_length: sequences per grouped unit; a checkpoint from before grouping was ungrouped (0)
             theirs = state.get(key, 0) if key == "group_by_length" else state.get(key, mine)
             if int(theirs) != mine:
                 raise BertforgeError(
                     f"data stream state: {key}={theirs} in the checkpoint but {mine} now; resuming exactly "
-                    "needs the same corpus split, builder, seed, batch size, world size and group_by_length"
+                    "needs the same corpus split, builder, seed, batch size, world size, gradient accumulation and "
+                    "group_by_length"
                 )
         epoch, position = int(state["epoch"]), int(state["position"])
         if not 0 <= position < self.batches_per_epoch:
