@@ -154,7 +154,7 @@ def test_grouped_ranks_share_each_step_length_and_never_an_entry():
     store = random_store(num_docs=600, seed=5, vocab_size=100)
     examples = SingleSegments(max_len=64).build(store, None, seed=0)
     masker = Masker.from_manifest(MASKING["wwm"], store.manifest)
-    lengths = examples.lengths()
+    lengths = examples.lengths
     streams = [PretrainingStream(store, None, masker, 4, seed=1, rank=r, world_size=3, examples=examples,
                                  group_by_length=True) for r in range(3)]
     orders = [s._rank_order(0) for s in streams]

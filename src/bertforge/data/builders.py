@@ -27,6 +27,7 @@ front is Binomial(k, 1/2)). Where BERT and ALBERT leave the labels to chance, he
 
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -70,12 +71,11 @@ class Examples:
         return {"input_ids": arrays["input_ids"][0], "token_type_ids": arrays["token_type_ids"][0],
                 "word_start": arrays["word_start"][0], "pair_label": int(self.pair_label[i]), "index": i}
 
+    @functools.cached_property
     def lengths(self) -> np.ndarray:
         """[N] int64: the number of tokens of each sequence (specials included)."""
-        if getattr(self, "_lengths", None) is None:
-            total = np.concatenate([[0], np.cumsum(self.length, dtype=np.int64)])  # tokens before each piece
-            self._lengths = total[self.ptr[1:]] - total[self.ptr[:-1]]
-        return self._lengths
+        total = np.concatenate([[0], np.cumsum(self.length, dtype=np.int64)])  # tokens before each piece
+        return total[self.ptr[1:]] - total[self.ptr[:-1]]
 
     def ranges(self, i: int) -> list[tuple[int, int] | int]:
         """The pieces of sequence i: (lo, hi) token ranges of the store and special token ids."""

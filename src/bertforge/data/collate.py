@@ -170,7 +170,7 @@ class PretrainingStream(EpochCursor):
             rng = np.random.default_rng([self.seed, epoch])
             perm = rng.permutation(self.entries)
             if self.group_unit:  # no rank waits for another's longer batch
-                perm = group_by_length(perm, self.examples.lengths()[perm % len(self.examples)], self.group_unit, rng)
+                perm = group_by_length(perm, self.examples.lengths[perm % len(self.examples)], self.group_unit, rng)
             self._order = perm[self.rank::self.world_size][: self.batches_per_epoch * self.batch_size]
             self._order_epoch = epoch
         return self._order

@@ -79,9 +79,7 @@ class PackedStream(EpochCursor):
                                  "which classify each row's [CLS]; use pack=false for pair recipes")
         self.masker, self.batch_size, self.seed = masker, batch_size, seed
         self.rank, self.world_size, self.window = rank, world_size, window
-        ptr = self.examples.ptr
-        self.lengths = np.bincount(np.repeat(np.arange(len(self.examples)), np.diff(ptr)),
-                                   weights=self.examples.length, minlength=len(self.examples)).astype(np.int64)
+        self.lengths = self.examples.lengths
         self.row_len = int(row_len or self.lengths.max())
         # Epoch 0's row count fixes the epoch length. Another shuffle may pack into a row more or fewer:
         # extra rows are left out (as an unpacked stream leaves out its last partial batch), a missing

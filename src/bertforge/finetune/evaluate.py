@@ -88,11 +88,15 @@ def predict(model: TaskModel, tok, data: TaskData, batch_size: int = 32, progres
             def spans(chunk, batch):
                 logits = model(batch)
                 starts, ends = logits["start_logits"].cpu().numpy(), logits["end_logits"].cpu().numpy()
-                return [best_spans(s[:len(f["input_ids"])], e[:len(f["input_ids"])], f["offsets"], task.n_best,
-                                   task.max_answer_length) for f, s, e in zip(chunk, starts, ends)]
+                found = []
+                for f, s, e in zip(chunk, starts, ends):
+                    n = len(f["input_ids"])
+                    found.append(best_spans(s[:n], e[:n], f["offsets"], task.n_best, task.max_answer_length))
+                return found
             windows: dict[int, list] = defaultdict(list)
-            for f, found in zip(features, _map_batches(features, batch_size, tok.pad_token_id, device, progress, spans)):
-                windows[f["example"]].append(found)
+            found = _map_batches(features, batch_size, tok.pad_token_id, device, progress, spans)
+            for f, best in zip(features, found):  # in order, as before the batches were sorted
+                windows[f["example"]].append(best)
             for i, ex in enumerate(data.examples):
                 answers = decode_answers(windows.get(i, []), ex.context, 1)
                 best = answers[0] if answers else {"answer": "", "score": 0.0, "start": 0, "end": 0}

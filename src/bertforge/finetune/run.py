@@ -51,14 +51,15 @@ class EpochStream:
         self.features, self.rows = features, rows
         self.batch_size, self.pad_id, self.seed = batch_size, pad_id, seed
         self.group_unit = batch_size * step_batches if group_by_length else 0  # 0: random batches
+        self.lengths = np.array([len(f["input_ids"]) for f in features]) if group_by_length else None
         self.epoch = self.index = 0
 
     def order(self, epoch: int) -> list[int]:
         """The epoch's feature indices; its batches are consecutive slices of ``batch_size``."""
         order = torch.randperm(len(self.features), generator=torch.Generator().manual_seed(self.seed + epoch)).numpy()
         if self.group_unit:
-            lengths = np.array([len(self.features[i]["input_ids"]) for i in order])
-            order = group_by_length(order, lengths, self.group_unit, np.random.default_rng([self.seed, epoch]))
+            rng = np.random.default_rng([self.seed, epoch])
+            order = group_by_length(order, self.lengths[order], self.group_unit, rng)
         return order.tolist()
 
     def __iter__(self):
