@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .errors import BertforgeError
+from .files import atomic_path
 from .modeling import ACTIVATIONS, Encoder
 
 
@@ -137,10 +138,8 @@ def save_adapter(path: str | Path, adapters: AdapterSet, head: nn.Module | None 
         tensors |= {f"head.{k}": v.detach().contiguous() for k, v in head.state_dict().items()}
     header = {"bottleneck": str(adapters.bottleneck), "architecture": json.dumps(adapters.architecture),
               "meta": json.dumps(meta or {}, ensure_ascii=False)}
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata=header)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=header)
 
 
 def load_adapter(path: str | Path, encoder: Encoder, head: nn.Module | None = None) -> tuple[AdapterSet, dict]:

@@ -27,9 +27,10 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from .errors import BertforgeError
+from .files import atomic_path, write_json, write_text
 from .recipes import RECIPES
 
 
@@ -219,9 +220,7 @@ class ArenaState:
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(".arena.json.tmp")
-        tmp.write_text(json.dumps(self.data, indent=2, ensure_ascii=False) + "\n")
-        os.replace(tmp, self.path)
+        write_json(self.path, self.data)
 
 
 class ArenaInterrupted(BertforgeError):
@@ -382,9 +381,9 @@ def run_arena(out: str | Path, settings: ArenaSettings, progress: bool = True,
                     state.plan[name] = {"steps": settings.budget_steps, "seconds_per_step": None}
                 else:
                     say(f"{head}: timing {settings.calibration_steps} calibration steps")
-                    sps = calibrate(name, settings, out / "calibration" / name)
-                    steps = max(1, int(settings.budget_minutes * 60 / sps))
-                    state.plan[name] = {"steps": steps, "seconds_per_step": round(sps, 5)}
+                    sps = max(round(calibrate(name, settings, out / "calibration" / name), 5), 1e-5)  # as stored:
+                    steps = max(1, int(settings.budget_minutes * 60 / sps))  # the plan follows from its numbers
+                    state.plan[name] = {"steps": steps, "seconds_per_step": sps}
                 state.save()
             steps = state.plan[name]["steps"]
             say(f"{head}: pretraining {steps} steps ({v.summary})" if v.pretrain else f"{head}: random initialisation")
@@ -516,9 +515,7 @@ def write_report(out: Path, data: dict) -> Path:
     if plots:
         lines += ["## Plots", ""] + [f"![{title}]({name})" for name, title in plots] + [""]
     report = out / "report.md"
-    tmp = report.with_name(".report.md.tmp")
-    tmp.write_text("\n".join(lines))
-    os.replace(tmp, report)
+    write_text(report, "\n".join(lines))
     return report
 
 
@@ -571,6 +568,5 @@ def _plots(out: Path, done: dict, tasks: tuple[str, ...]) -> list[tuple[str, str
 
 
 def _save_fig(fig, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)

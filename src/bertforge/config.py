@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from .errors import BertforgeError
+from .files import write_json
 
 ModelType = Literal["bert", "roberta", "albert", "electra", "distilbert", "nezha", "roformer"]
 PositionType = Literal["absolute", "relative", "rotary"]
@@ -127,7 +128,7 @@ class ModelConfig:
         return self.from_dict({**self.to_dict(), **changes}, source="--set")
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        write_json(path, self.to_dict(), ensure_ascii=True)
 
     @classmethod
     def load(cls, path: str | Path) -> "ModelConfig":

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import BertforgeError
+from .files import write_json
 from .tasks import TaskModel
 
 # What the soft-target loss compares per task: one logit vector per sequence.
@@ -295,9 +296,7 @@ def distill_task(
 
     def on_best(record: dict) -> None:
         layout["best"] = save_task_model(student, tok, out / "best")
-        tmp = best_file.with_name(".eval.json.tmp")
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
-        tmp.replace(best_file)
+        write_json(best_file, record, ensure_ascii=True)
 
     def task_eval() -> dict[str, float]:
         return evaluate(student, tok, eval_data, batch_size=max(32, batch_size), progress="eval" if progress else None)[0]
@@ -320,7 +319,5 @@ def distill_task(
         summary |= {"best": trainer.best, "best_step": trainer.best_step, "teacher_score": teacher_score,
                     "retained": round(trainer.best / teacher_score, 4) if teacher_score else None}
     summary["saved"] = {k: f"{out / k} ({v})" for k, v in layout.items()}
-    tmp = out / ".distill.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
-    tmp.replace(out / "distill.json")
+    write_json(out / "distill.json", summary)
     return summary

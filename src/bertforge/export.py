@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from .errors import BertforgeError
+from .files import atomic_path
 
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 _META_KEY = "bertforge_output_spec"
@@ -131,21 +132,20 @@ def export_onnx(model: nn.Module, path: str | Path, *, opset: int = 17, sample_l
         if tensor.dim() >= 2 and tensor.shape[1] == sample_length:
             axes[1] = "sequence"
         dynamic_axes[name] = axes
-    tmp = str(path.with_name(f".{path.name}.{os.getpid()}.tmp"))
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # tracer warnings about Python ints are expected here
-            torch.onnx.export(
-                flat, tuple(inputs[n] for n in INPUT_NAMES), tmp, input_names=list(INPUT_NAMES),
-                output_names=output_names, dynamic_axes=dynamic_axes, opset_version=opset, dynamo=False,
-            )
-        import onnx
+        with atomic_path(path) as tmp:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # tracer warnings about Python ints are expected here
+                torch.onnx.export(
+                    flat, tuple(inputs[n] for n in INPUT_NAMES), str(tmp), input_names=list(INPUT_NAMES),
+                    output_names=output_names, dynamic_axes=dynamic_axes, opset_version=opset, dynamo=False,
+                )
+            import onnx
 
-        proto = onnx.load(tmp)
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = _META_KEY, json.dumps(spec)
-        onnx.save(proto, tmp)
-        os.replace(tmp, path)
+            proto = onnx.load(str(tmp))
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = _META_KEY, json.dumps(spec)
+            onnx.save(proto, str(tmp))
     finally:
         model.train(was_training)
         if os.path.exists(tmp):

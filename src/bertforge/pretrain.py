@@ -18,7 +18,8 @@ from typing import Any
 
 from .config import ModelConfig
 from .errors import BertforgeError
-from .recipes import RECIPES, SIZES, Recipe, model_config, recipe as get_recipe
+from .files import write_json
+from .recipes import SIZES, Recipe, model_config, recipe as get_recipe
 from .train.config import TrainConfig, from_mapping, parse_assignments, read_yaml_mapping
 
 
@@ -337,7 +338,6 @@ def exporter(objective, tokenizer, spec: PretrainSpec):
     """Write RUN_DIR/final: the model transformers loads (+ the ELECTRA generator beside it) + tokenizer."""
 
     def export(out: Path) -> None:
-        from .train.report import atomic_write
 
         model = getattr(objective, "model", objective)
         model.save_pretrained(out)
@@ -345,7 +345,7 @@ def exporter(objective, tokenizer, spec: PretrainSpec):
         if hasattr(objective, "generator") and hasattr(objective, "discriminator"):
             objective.generator.save_pretrained(out / "generator")
             tokenizer.save_pretrained(out / "generator")
-        atomic_write(out / "bertforge_pretrain.json", (json.dumps(spec.to_dict(), indent=2) + "\n").encode())
+        write_json(out / "bertforge_pretrain.json", spec.to_dict(), ensure_ascii=True)
 
     return export
 

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import BertforgeError
+from .files import write_json
 from .features import ScalarMix, freeze_encoder, mean_pool
 from .modeling import Dropout, Encoder
 
@@ -86,10 +87,7 @@ class TaskConfig:
             )
 
     def save(self, path: str | Path) -> None:
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n")
-        tmp.replace(path)
+        write_json(path, asdict(self))
 
     @classmethod
     def load(cls, path: str | Path) -> "TaskConfig":

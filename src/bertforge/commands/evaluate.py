@@ -39,9 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import json
-    import os
     from pathlib import Path
 
+    from ..files import write_text
     from ..finetune.evaluate import evaluate
     from ..finetune.run import say
     from ..finetune.store import load_task_model
@@ -53,10 +53,7 @@ def run(args: argparse.Namespace) -> int:
     for line in data.skips.lines() + skips.lines():
         say(f"{args.data}: {line}")
     if args.predictions:
-        path = Path(args.predictions)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions), encoding="utf-8")
-        os.replace(tmp, path)
+        write_text(args.predictions, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions))
     if not args.onnx and not args.torch_int8:
         print(json.dumps(metrics, ensure_ascii=False))
         return 0

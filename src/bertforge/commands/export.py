@@ -43,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..errors import BertforgeError
+    from ..files import write_json
     from ..export import OnnxRuntimeModel, export_onnx, output_tensors, quantize_onnx, sample_inputs, verify_onnx
 
     source, out = Path(args.model), Path(args.output)
@@ -78,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {int8} ({int8.stat().st_size / 2**20:.1f} MiB, {fp32.stat().st_size / int8.stat().st_size:.1f}x smaller), "
               f"{seconds['fp32'] / seconds['int8']:.2f}x the fp32 speed on 8x128 tokens, output cosine vs fp32 "
               f"mean {cos.mean():.4f} min {cos.min():.4f}; run `bertforge evaluate` for the task-score change")
-    (out / "export.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_json(out / "export.json", report, ensure_ascii=True)
     return 0
 
 

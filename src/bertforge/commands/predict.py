@@ -48,12 +48,13 @@ def _parse(line: str):
 
 
 def run(args: argparse.Namespace) -> int:
+    import contextlib
     import json
-    import os
     import sys
     from pathlib import Path
 
     from ..errors import BertforgeError
+    from ..files import atomic_path
     from ..finetune.run import say
     from ..inference.pipelines import pipeline
 
@@ -70,11 +71,12 @@ def run(args: argparse.Namespace) -> int:
         where = args.input
     else:
         lines, where = args.texts, "argument"
-    # --output is written under a temporary name and renamed when complete.
-    tmp = Path(args.output).with_name(f".{Path(args.output).name}.tmp") if args.output else None
-    out = open(tmp, "w", encoding="utf-8") if tmp else sys.stdout
+    # --output is written under a temporary name and renamed when complete (removed if the run fails).
     errors = 0
-    try:
+    with contextlib.ExitStack() as stack:
+        out = sys.stdout
+        if args.output:
+            out = stack.enter_context(open(stack.enter_context(atomic_path(args.output)), "w", encoding="utf-8"))
         # Chunks of many batches: the pipeline sorts a chunk by length (less padding) and writes results back in
         # input order; a chunk's results are written before the next is read.
         step = args.batch_size * 32
@@ -97,11 +99,6 @@ def run(args: argparse.Namespace) -> int:
             for n, _ in chunk:
                 errors += "error" in results[n] if isinstance(results[n], dict) else 0
                 out.write(json.dumps(results[n], ensure_ascii=False) + "\n")
-    finally:
-        if tmp:
-            out.close()
-    if tmp:
-        os.replace(tmp, args.output)
     if errors:
         say(f"{errors} of {len(lines)} inputs could not be used (their lines say why)")
     return 1 if errors == len(lines) else 0

@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import pickle
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..errors import BertforgeError
+from ..files import atomic_path, write_json
 from ..heads import HEADS, PretrainingModel
 from ..modeling import Encoder
 from . import hf, nezha
@@ -381,17 +381,7 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike) -> Path:
     data["bertforge"] = {"format": FORMAT, "layout": "hf" if why is None else "bertforge", "config": config.to_dict()}
     d.mkdir(parents=True, exist_ok=True)
     # Weights first, config last: a directory interrupted mid-save has no config.json and does not load.
-    _atomic_write(d / "model.safetensors", lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-    _atomic_write(d / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n"))
+    with atomic_path(d / "model.safetensors") as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+    write_json(d / "config.json", data, ensure_ascii=True)
     return d
-
-
-def _atomic_write(path: Path, write: Callable[[str], object]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

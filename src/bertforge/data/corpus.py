@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BertforgeError
+from ..files import atomic_path, write_json
 from .sources import (MAX_PIECE_BYTES, BuildReport, Piece, Source, named_source, resolve_inputs,
                       split_sentences, split_word_sentences)
 
@@ -238,7 +239,7 @@ def build_corpus(
             "build_report": report.to_dict(),
             "sha256": sha,
         }
-        _write_text_atomic(tmp / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+        write_json(tmp / MANIFEST, manifest)
         _move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -450,12 +451,6 @@ def _write_array(path: Path, array: np.ndarray) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -488,10 +483,9 @@ def resplit(path: str | os.PathLike, validation_fraction: float, seed: int) -> C
     manifest = dict(store.manifest)
     manifest["split"] = {"seed": seed, "validation_fraction": validation_fraction,
                          "train_docs": int((split == 0).sum()), "validation_docs": int((split == 1).sum())}
-    tmp = store.path / f".doc_split.bin.tmp-{os.getpid()}"
-    manifest["sha256"] = dict(manifest["sha256"], **{"doc_split.bin": _write_array(tmp, split)})
-    os.replace(tmp, Path(path) / "doc_split.bin")
-    _write_text_atomic(Path(path) / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    with atomic_path(Path(path) / "doc_split.bin") as tmp:
+        manifest["sha256"] = dict(manifest["sha256"], **{"doc_split.bin": _write_array(tmp, split)})
+    write_json(Path(path) / MANIFEST, manifest)
     return CorpusStore(path)
 
 

@@ -19,13 +19,13 @@ from __future__ import annotations
 import os
 import zlib
 from collections import defaultdict
-from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
 from ..errors import BertforgeError
+from ..files import atomic_path
 from .masking import _GOLDEN, _expand, _mix
 
 _BASE = np.uint64(0x100000001B3)  # FNV-1a's 64-bit prime, here the base of a polynomial hash
@@ -170,12 +170,10 @@ class SimilarWords:
 
     # -- storage ------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
-        """Write a .npz atomically (temp name in the same directory, then rename)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, keys=self.keys, length=self.length, ptr=self.ptr, cand_start=self.cand_start,
-                 tokens=self.tokens)
-        os.replace(tmp, path)
+        """Write a .npz (atomically: bertforge.files)."""
+        with atomic_path(path) as tmp:
+            np.savez(tmp, keys=self.keys, length=self.length, ptr=self.ptr, cand_start=self.cand_start,
+                     tokens=self.tokens)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "SimilarWords":

@@ -38,6 +38,7 @@ from tokenizers import Tokenizer as Backend
 from tokenizers.models import BPE, WordPiece
 
 from ..errors import BertforgeError
+from ..files import write_json, write_text
 
 KINDS = ("wordpiece", "bpe", "unigram", "chinese-char", "chinese-word")
 
@@ -499,15 +500,14 @@ class Tokenizer:
         model = tj["model"]
         if model["type"] == "WordPiece":
             vocab = sorted(model["vocab"].items(), key=lambda kv: kv[1])
-            _write_atomic(out / "vocab.txt", "".join(f"{t}\n" for t, _ in vocab))
+            write_text(out / "vocab.txt", "".join(f"{t}\n" for t, _ in vocab))
         elif model["type"] == "BPE":
-            _write_atomic(out / "vocab.json", json.dumps(model["vocab"], ensure_ascii=False) + "\n")
+            write_json(out / "vocab.json", model["vocab"], indent=None)
             merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
-            _write_atomic(out / "merges.txt", "#version: 0.2\n" + "".join(f"{m}\n" for m in merges))
-        _write_atomic(out / "special_tokens_map.json", json.dumps(self._special_tokens_map(), indent=2) + "\n")
-        _write_atomic(out / "tokenizer.json", self._json)
-        config = json.dumps(self._tokenizer_config(), indent=2, ensure_ascii=False)
-        _write_atomic(out / "tokenizer_config.json", config + "\n")
+            write_text(out / "merges.txt", "#version: 0.2\n" + "".join(f"{m}\n" for m in merges))
+        write_json(out / "special_tokens_map.json", self._special_tokens_map(), ensure_ascii=True)
+        write_text(out / "tokenizer.json", self._json)
+        write_json(out / "tokenizer_config.json", self._tokenizer_config())
         return out
 
     def _special_tokens_map(self) -> dict[str, str]:
@@ -698,8 +698,3 @@ def _segment_starts(text: str, words: Sequence[str]) -> set[int]:
     return starts
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write to a temporary name in the same directory, then rename: never a half-written file."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

@@ -25,6 +25,7 @@ from ..convert.checkpoint import load_pretrained
 from ..data.collate import group_by_length
 from ..data.tokenizers import AutoTokenizer
 from ..errors import BertforgeError
+from ..files import write_json
 from ..features import layerwise_lr_groups
 from ..metrics import TASK_METRIC
 from ..modeling import Encoder
@@ -248,9 +249,7 @@ def finetune(
 
     def on_best(record: dict) -> None:
         layout["best"] = save(out / "best")
-        tmp = best_file.with_name(".eval.json.tmp")
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
-        tmp.replace(best_file)
+        write_json(best_file, record, ensure_ascii=True)
 
     def task_eval() -> dict[str, float]:
         return evaluate(model, tok, eval_data, batch_size=max(32, batch_size), progress="eval" if progress else None)[0]
@@ -281,9 +280,7 @@ def finetune(
     if isinstance(trainer, FinetuneTrainer):
         summary |= {"best": trainer.best, "best_step": trainer.best_step, "evaluations": trainer.history}
     summary["saved"] = {k: f"{out / k} ({v})" for k, v in layout.items()}
-    tmp = out / ".finetune.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
-    tmp.replace(out / "finetune.json")
+    write_json(out / "finetune.json", summary)
     return summary
 
 

@@ -34,6 +34,7 @@ from ..convert import hf
 from ..convert.checkpoint import FORMAT, load_pretrained, save_pretrained
 from ..data.tokenizers import AutoTokenizer
 from ..errors import BertforgeError
+from ..files import atomic_path, write_json
 from ..tasks import TaskConfig, TaskModel, build_task_model
 
 # task -> transformers class suffix
@@ -75,9 +76,8 @@ def _encoder_config(model: TaskModel):
 
 
 def _atomic_save(tensors: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata={"format": "pt"})
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
 
 
 def save_task_model(model: TaskModel, tok, directory: str | Path, adapters: AdapterSet | None = None,
@@ -114,9 +114,7 @@ def save_task_model(model: TaskModel, tok, directory: str | Path, adapters: Adap
     data["bertforge"] = {"format": FORMAT, "layout": "hf", "config": config.to_dict()}
     (d / "head.safetensors").unlink(missing_ok=True)
     _atomic_save(tensors, d / "model.safetensors")
-    tmp = d / ".config.json.tmp"
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-    tmp.replace(d / "config.json")
+    write_json(d / "config.json", data)
     return "transformers"
 
 

@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from ..errors import BertforgeError
+from ..files import write_json
 from . import distributed
 from .checkpoint import (
     CheckpointWarning,
@@ -60,7 +61,7 @@ from .checkpoint import (
 )
 from .config import TrainConfig
 from .optim import build_optimizer, lr_multiplier, progress
-from .report import MetricsLog, atomic_write, truncate_metrics, write_report
+from .report import MetricsLog, truncate_metrics, write_report
 
 Batch = dict[str, Any]
 
@@ -474,7 +475,7 @@ class Trainer:
             if changed:
                 warnings.warn(f"resuming {self.run_dir} with changed settings: {', '.join(changed)}",
                               CheckpointWarning, stacklevel=4)
-        atomic_write(path, (json.dumps(new, indent=2, default=str) + "\n").encode())
+        write_json(path, new, default=str, ensure_ascii=True)
 
     # ---- progress, logging, signals ---------------------------------------------------------------
     def _progress_bar(self):

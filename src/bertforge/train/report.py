@@ -8,15 +8,10 @@ objective metric, padding, tokens_per_s, elapsed), "eval" (step, tokens, loss, e
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
-
-def atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+from ..files import atomic_path, write_text
 
 
 class MetricsLog:
@@ -61,7 +56,7 @@ def truncate_metrics(run_dir: Path, step: int) -> None:
     """Keep only what happened up to ``step`` (the checkpoint a run resumes from)."""
     kept = [r for r in read_metrics(run_dir) if r.get("step", 0) <= step]
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept)
-    atomic_write(run_dir / "metrics.jsonl", text.encode())
+    write_text(run_dir / "metrics.jsonl", text)
 
 
 def _plot(path: Path, title: str, ylabel: str, series: dict[str, tuple[list, list]]) -> bool:
@@ -82,10 +77,11 @@ def _plot(path: Path, title: str, ylabel: str, series: dict[str, tuple[list, lis
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp)
+    finally:
+        plt.close(fig)
     return True
 
 
@@ -151,5 +147,5 @@ def write_report(run_dir: str | Path, summary: dict[str, Any] | None = None) -> 
     if ckpts:
         lines += ["## Checkpoints", ""] + [f"- checkpoints/{name}" for name in ckpts] + [""]
     path = run_dir / "report.md"
-    atomic_write(path, "\n".join(lines).encode())
+    write_text(path, "\n".join(lines))
     return path
