@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from pathlib import Path
 from typing import Sequence
 
@@ -247,11 +246,11 @@ def distill_task(
     ``eval_spec`` when given (with the teacher's score there in the summary). Returns the summary, also
     written to OUT/distill.json. ``group_by_length``: batches of similar lengths (finetune.run.EpochStream)."""
     from .finetune.evaluate import check_labels, evaluate
-    from .finetune.run import EpochStream, FinetuneTrainer, encode_for_training, say
+    from .finetune.run import encode_for_training, say, task_trainer
     from .finetune.store import load_task_model, save_task_model
     from .metrics import TASK_METRIC
     from .taskdata import load
-    from .train import TrainConfig, Trainer
+    from .train import TrainConfig
 
     out = Path(out)
     teacher, tok = load_task_model(teacher_dir)
@@ -279,9 +278,6 @@ def distill_task(
     for line in train_data.skips.lines():
         say(f"train data: {line}")
 
-    steps_per_epoch = math.ceil(len(features) / batch_size)
-    config = dataclasses.replace(train or TrainConfig(), max_steps=max(1, math.ceil(epochs * steps_per_epoch)),
-                                 eval_every=eval_every or steps_per_epoch)
     objective = TaskDistillationObjective(teacher, student, temperature, soft_weight, hard_weight)
     settings = {"teacher": str(teacher_dir), "teacher_layers": teacher.encoder.config.num_layers, "layers": chosen,
                 "temperature": temperature, "soft_weight": soft_weight, "hard_weight": hard_weight}
@@ -290,26 +286,11 @@ def distill_task(
                                                       "epochs": epochs, "batch_size": batch_size,
                                                       "group_by_length": group_by_length,
                                                       "examples": len(train_data.examples), **sizes}}
+    trainer, layout = task_trainer(
+        objective, student, tok, lambda d: save_task_model(student, tok, d), features, rows, out,
+        train or TrainConfig(), epochs=epochs, batch_size=batch_size, eval_every=eval_every, eval_data=eval_data,
+        patience=patience, group_by_length=group_by_length, resume=resume, run_info=run_info, progress=progress)
     metric = TASK_METRIC[teacher.task.task]
-    layout: dict[str, str] = {}
-    best_file = out / "best" / "eval.json"
-
-    def on_best(record: dict) -> None:
-        layout["best"] = save_task_model(student, tok, out / "best")
-        write_json(best_file, record, ensure_ascii=True)
-
-    def task_eval() -> dict[str, float]:
-        return evaluate(student, tok, eval_data, batch_size=max(32, batch_size), progress="eval" if progress else None)[0]
-
-    stream = EpochStream(features, rows, batch_size, tok.pad_token_id, config.seed, group_by_length, config.grad_accum)
-    kwargs = dict(resume=resume, run_info=run_info, progress_bar=progress,
-                  export_fn=lambda d: layout.__setitem__("final", save_task_model(student, tok, d)))
-    if eval_data is not None:
-        best = json.loads(best_file.read_text())[metric] if resume and best_file.is_file() else -math.inf
-        trainer: Trainer = FinetuneTrainer(objective, stream, None, config, out, task_eval=task_eval, metric=metric,
-                                           patience=patience, on_best=on_best, best=best, **kwargs)
-    else:
-        trainer = Trainer(objective, stream, None, config, out, **kwargs)
     result = trainer.train()
     summary = {"task": teacher.task.task, "metric": metric, **settings, **sizes,
                "size_ratio": round(sizes["student_parameters"] / sizes["teacher_parameters"], 4),

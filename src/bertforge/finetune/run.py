@@ -172,6 +172,39 @@ def say(message: str) -> None:
     print(f"bertforge: {message}", file=sys.stderr)
 
 
+def task_trainer(objective, model, tok, save, features: list[dict], rows: list[str], out: Path, config: TrainConfig,
+                 *, epochs: float, batch_size: int, eval_every: int, eval_data: TaskData | None, patience: int,
+                 group_by_length: bool, resume: bool, run_info: dict, progress: bool) -> tuple[Trainer, dict[str, str]]:
+    """The loop of a task-model run (fine-tuning, task distillation): ``epochs`` over ``features`` in batches of
+    ``batch_size`` (EpochStream). With ``eval_data``: the task metric of ``model`` every ``eval_every`` steps (0:
+    once an epoch), the best model saved by ``save(directory) -> layout name`` to OUT/best beside its
+    eval.json, early stopping after ``patience`` evaluations without a gain, and the best so far read back on
+    resume. Returns the trainer and the dict that records what ``save`` returned for "best" and "final"."""
+    steps_per_epoch = math.ceil(len(features) / batch_size)
+    config = dataclasses.replace(config, max_steps=max(1, math.ceil(epochs * steps_per_epoch)),
+                                 eval_every=eval_every or steps_per_epoch)
+    layout: dict[str, str] = {}
+    stream = EpochStream(features, rows, batch_size, tok.pad_token_id, config.seed, group_by_length, config.grad_accum)
+    kwargs = dict(resume=resume, run_info=run_info, progress_bar=progress,
+                  export_fn=lambda d: layout.__setitem__("final", save(d)))
+    if eval_data is None:
+        return Trainer(objective, stream, None, config, out, **kwargs), layout
+    metric = TASK_METRIC[model.task.task]
+    best_file = out / "best" / "eval.json"
+
+    def on_best(record: dict) -> None:
+        layout["best"] = save(out / "best")
+        write_json(best_file, record, ensure_ascii=True)
+
+    def task_eval() -> dict[str, float]:
+        return evaluate(model, tok, eval_data, batch_size=max(32, batch_size), progress="eval" if progress else None)[0]
+
+    best = json.loads(best_file.read_text())[metric] if resume and best_file.is_file() else -math.inf
+    trainer = FinetuneTrainer(objective, stream, None, config, out, task_eval=task_eval, metric=metric,
+                              patience=patience, on_best=on_best, best=best, **kwargs)
+    return trainer, layout
+
+
 def finetune(
     task: str,
     model_dir: str | Path,
@@ -225,11 +258,6 @@ def finetune(
         for line in eval_data.skips.lines():
             say(f"eval data: {line}")
 
-    steps_per_epoch = math.ceil(len(features) / batch_size)
-    train = train or TrainConfig()
-    config = dataclasses.replace(
-        train, max_steps=max(1, math.ceil(epochs * steps_per_epoch)), eval_every=eval_every or steps_per_epoch
-    )
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     run_info = {"finetune": {"task": task_cfg.task, "model": str(model_dir), "train": train_spec, "eval": eval_spec,
@@ -242,26 +270,11 @@ def finetune(
     def save(directory: Path) -> str:
         return save_task_model(model, tok, directory, adapters, base_dir if adapters is not None else None)
 
+    trainer, layout = task_trainer(
+        RowsObjective(model), model, tok, save, features, rows, out, train or TrainConfig(), epochs=epochs,
+        batch_size=batch_size, eval_every=eval_every, eval_data=eval_data, patience=patience,
+        group_by_length=group_by_length, resume=resume, run_info=run_info, progress=progress)
     metric = TASK_METRIC[task]
-    best_file = out / "best" / "eval.json"
-    best_so_far = json.loads(best_file.read_text())[metric] if resume and best_file.is_file() else -math.inf
-    layout: dict[str, str] = {}
-
-    def on_best(record: dict) -> None:
-        layout["best"] = save(out / "best")
-        write_json(best_file, record, ensure_ascii=True)
-
-    def task_eval() -> dict[str, float]:
-        return evaluate(model, tok, eval_data, batch_size=max(32, batch_size), progress="eval" if progress else None)[0]
-
-    stream = EpochStream(features, rows, batch_size, tok.pad_token_id, config.seed, group_by_length, config.grad_accum)
-    kwargs = dict(resume=resume, run_info=run_info, progress_bar=progress,
-                  export_fn=lambda d: layout.__setitem__("final", save(d)))
-    if eval_data is not None:
-        trainer: Trainer = FinetuneTrainer(RowsObjective(model), stream, None, config, out, task_eval=task_eval,
-                                           metric=metric, patience=patience, on_best=on_best, best=best_so_far, **kwargs)
-    else:
-        trainer = Trainer(RowsObjective(model), stream, None, config, out, **kwargs)
     if llrd != 1.0:
         if config.optimizer != "adamw":
             raise BertforgeError("layer-wise lr decay is implemented for optimizer=adamw")
