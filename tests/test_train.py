@@ -164,7 +164,7 @@ def make_trainer(run_dir, config=None, objective="mlm", dropout=0.1, stream=None
     seed_everything(0)
     obj = OBJECTIVES[objective](dropout)
     return Trainer(obj, stream or ToyStream(), eval_factory(), config or tiny_config(), run_dir,
-                   progress_bar=False, **kwargs)
+                   **{"progress_bar": False, **kwargs})
 
 
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -292,9 +292,14 @@ def test_in_process_resume_matches_uninterrupted_run(tmp_path):
     assert events[events.index("resume"):] == ["resume", "checkpoint", "stop"]
 
 
-def test_token_budget_and_finite_stream(tmp_path):
-    result = make_trainer(tmp_path / "t", tiny_config(max_steps=0, max_tokens=300, warmup_steps=0)).train()
-    assert result.stopped_by == "max_tokens" and result.tokens >= 300
+def test_token_budget_and_finite_stream(tmp_path, monkeypatch):
+    bars, make_bar = [], Trainer._progress_bar
+    monkeypatch.setattr(Trainer, "_progress_bar", lambda self: bars.append(make_bar(self)) or bars[-1])
+    result = make_trainer(tmp_path / "t", tiny_config(max_steps=0, max_tokens=300, warmup_steps=0),
+                          progress_bar=True).train()
+    assert result.stopped_by == "max_tokens" and result.tokens > 300
+    # the last step passed the budget; its progress bar stops at 100% (tqdm warns of a fraction above 1)
+    assert bars[0].n == bars[0].total == 300
     finite = ToyStream(limit=5)
     result = make_trainer(tmp_path / "d", tiny_config(grad_accum=2), stream=finite).train()
     assert (result.stopped_by, result.step) == ("data", 2)

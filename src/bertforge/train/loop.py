@@ -256,8 +256,8 @@ class Trainer:
             step_metrics = {k: v / world for k, v in zip(keys, control[6:])}
             _accumulate_window(window, {"loss": loss, "grad_norm": grad_norm, **step_metrics},
                                tokens=control[1], seconds=time.monotonic() - t0, slots=control[5])
-            if bar is not None:
-                bar.update(self._bar_increment(control[1], elapsed0 + now - clock0))
+            if bar is not None:  # the last step may pass a token or time budget: the bar stops at 100%
+                bar.update(min(self._bar_increment(control[1], elapsed0 + now - clock0), max(0, bar.total - bar.n)))
             if self.step % cfg.log_every == 0:
                 self._log_train(window, lr, bar)
                 window = {}
