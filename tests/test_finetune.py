@@ -104,6 +104,9 @@ def test_cli_finetune_evaluate_predict_classification(tmp_path, capsys):
     loss = [r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "train"]
     assert loss[-1] < loss[0]
     assert json.loads((out / "best" / "eval.json").read_text())["accuracy"] == summary["best"]
+    # 30 steps: fewer than finetune.run.AUTO_GROUP_MIN_STEPS, so plain random batches by default
+    assert json.loads((out / "config.json").read_text())["batches"] == {
+        "group_by_length": False, "chosen": "auto: 30 steps, grouped from 100"}
 
     assert main(["evaluate", "--model", str(out / "best"), "--data", str(tmp_path / "dev.csv")]) == 0
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -17,7 +17,7 @@ from bertforge.finetune.run import EpochStream
 from bertforge.modeling import Encoder
 from bertforge.taskdata import Skips, TaskData, TextExample, TokenExample, load
 from bertforge.tasks import TaskConfig, build_task_model
-from taskkit import WORDS, tiny_config, tokenizer
+from taskkit import WORDS, model_dir, tiny_config, tokenizer
 
 
 def review_features(n: int = 2000) -> list[dict]:
@@ -203,3 +203,23 @@ def test_a_step_holds_the_same_sequences_however_it_is_split():
     a = EpochStream(features, ["r"] * 400, 4, 0, seed=0, group_by_length=True, step_batches=2)
     b = EpochStream(features, ["r"] * 400, 8, 0, seed=0, group_by_length=True)
     assert a.order(0) == b.order(0)
+
+
+@pytest.mark.parametrize("epochs, choice, grouped", [(1, None, False), (5, None, True), (1, True, True), (5, False, False)])
+def test_fine_tuning_groups_by_default_only_runs_of_100_steps_or_more(tmp_path, epochs, choice, grouped):
+    """Grouped batches lean to one label where labels go with length; in runs of a few dozen steps that kept
+    a small model at the majority class (finetune.run.AUTO_GROUP_MIN_STEPS), so short runs default to random."""
+    import json
+
+    from bertforge.commands.finetune import GROUP_BY_LENGTH_HELP
+    from bertforge.finetune.run import AUTO_GROUP_MIN_STEPS, finetune
+
+    assert AUTO_GROUP_MIN_STEPS == 100 and f"at least {AUTO_GROUP_MIN_STEPS} optimizer steps" in GROUP_BY_LENGTH_HELP
+    data = tmp_path / "train.csv"
+    data.write_text("text,label\n" + "".join(f"{' '.join(WORDS[: 1 + i % 7])},{i % 2}\n" for i in range(40)))
+    summary = finetune("classify", model_dir(tmp_path), str(data), tmp_path / "run", epochs=epochs, batch_size=2,
+                       group_by_length=choice, progress=False)
+    assert summary["steps"] == 20 * epochs
+    batches = json.loads((tmp_path / "run" / "config.json").read_text())["batches"]
+    assert batches["group_by_length"] is grouped
+    assert batches["chosen"] == ("by the caller" if choice is not None else f"auto: {20 * epochs} steps, grouped from 100")

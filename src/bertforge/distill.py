@@ -239,12 +239,13 @@ def distill_task(
     eval_limit: int | None = None,
     resume: bool = False,
     progress: bool = True,
-    group_by_length: bool = True,
+    group_by_length: bool | None = None,
 ) -> dict:
     """Distil the fine-tuned model in ``teacher_dir`` into a student on ``train_spec`` (a file or named
     dataset, as `bertforge finetune --train` takes). OUT/final is the last student, OUT/best the best on
     ``eval_spec`` when given (with the teacher's score there in the summary). Returns the summary, also
-    written to OUT/distill.json. ``group_by_length``: batches of similar lengths (finetune.run.EpochStream)."""
+    written to OUT/distill.json. ``group_by_length``: batches of similar lengths (finetune.run.EpochStream; None:
+    for runs of at least finetune.run.AUTO_GROUP_MIN_STEPS steps)."""
     from .finetune.evaluate import check_labels, evaluate
     from .finetune.run import encode_for_training, say, task_trainer
     from .finetune.store import load_task_model, save_task_model
@@ -284,7 +285,6 @@ def distill_task(
     sizes = {"teacher_parameters": count_parameters(teacher), "student_parameters": count_parameters(student)}
     run_info = {"distill": settings, "task_distill": {"task": teacher.task.task, "train": train_spec, "eval": eval_spec,
                                                       "epochs": epochs, "batch_size": batch_size,
-                                                      "group_by_length": group_by_length,
                                                       "examples": len(train_data.examples), **sizes}}
     trainer, layout = task_trainer(
         objective, student, tok, lambda d: save_task_model(student, tok, d), features, rows, out,

@@ -54,7 +54,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--hard-weight", type=float, default=0.5, help="weight of the gold-label cross-entropy (default 0.5)")
     t.add_argument("--epochs", type=float, default=3.0)
     t.add_argument("--batch-size", type=int, default=32)
-    t.add_argument("--group-by-length", action=argparse.BooleanOptionalAction, default=True, help=GROUP_BY_LENGTH_HELP)
+    t.add_argument("--group-by-length", action=argparse.BooleanOptionalAction, default=None, help=GROUP_BY_LENGTH_HELP)
     t.add_argument("--lr", type=float, default=5e-5, help="peak learning rate (default 5e-5)")
     t.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (default: every epoch)")
     t.add_argument("--patience", type=int, default=0, help="stop after N evaluations without improvement (0 = never)")

@@ -25,8 +25,10 @@ Example:
 """
 
 
-GROUP_BY_LENGTH_HELP = ("batch examples of similar length (default; padding 2-3%% instead of 43-55%% on real task "
-                        "data, about half the compute); --no-group-by-length: plain random batches")
+GROUP_BY_LENGTH_HELP = ("batch examples of similar length: padding 2-3%% instead of 43-55%% on real task data, about "
+                        "half the compute; --no-group-by-length: plain random batches. Default: grouped when the run "
+                        "has at least 100 optimizer steps (in shorter runs, batches that lean to one label, where "
+                        "labels go with length, kept a small model from learning; docs/finetuning.md)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -38,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", help="tokenizer directory (default: the model directory)")
     p.add_argument("--epochs", type=float, default=3.0)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--group-by-length", action=argparse.BooleanOptionalAction, default=True, help=GROUP_BY_LENGTH_HELP)
+    p.add_argument("--group-by-length", action=argparse.BooleanOptionalAction, default=None, help=GROUP_BY_LENGTH_HELP)
     p.add_argument("--lr", type=float, default=5e-5, help="peak learning rate (default 5e-5)")
     p.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (default: every epoch)")
     p.add_argument("--patience", type=int, default=3, help="stop after N evaluations without improvement (0 = never)")

@@ -172,17 +172,36 @@ def say(message: str) -> None:
     print(f"bertforge: {message}", file=sys.stderr)
 
 
+# Length-grouped batches by default only for runs of at least this many optimizer steps. Grouping changes
+# which examples share a batch, and where labels go with length (chinese-sentiment: 73% of the longest
+# tenth of reviews positive, 27% of the second shortest) the batches lean to one label. Measured on
+# chinese-sentiment, the tiny pretrained model, 5 seeds: 300 examples x 2 epochs (20 steps) stayed at the
+# majority class in 4 of 5 runs with grouped batches (test accuracy 0.52) and learnt in 5 of 5 with random
+# ones (0.61-0.62); at 63 steps (1,000 examples) 0.657 grouped / 0.664 random, at 188 steps (3,000,
+# 3 seeds) 0.764 / 0.757. A run this short takes seconds to minutes, so grouping saves little there.
+AUTO_GROUP_MIN_STEPS = 100
+
+
 def task_trainer(objective, model, tok, save, features: list[dict], rows: list[str], out: Path, config: TrainConfig,
                  *, epochs: float, batch_size: int, eval_every: int, eval_data: TaskData | None, patience: int,
-                 group_by_length: bool, resume: bool, run_info: dict, progress: bool) -> tuple[Trainer, dict[str, str]]:
+                 group_by_length: bool | None, resume: bool, run_info: dict, progress: bool
+                 ) -> tuple[Trainer, dict[str, str]]:
     """The loop of a task-model run (fine-tuning, task distillation): ``epochs`` over ``features`` in batches of
-    ``batch_size`` (EpochStream). With ``eval_data``: the task metric of ``model`` every ``eval_every`` steps (0:
-    once an epoch), the best model saved by ``save(directory) -> layout name`` to OUT/best beside its
-    eval.json, early stopping after ``patience`` evaluations without a gain, and the best so far read back on
-    resume. Returns the trainer and the dict that records what ``save`` returned for "best" and "final"."""
+    ``batch_size`` (EpochStream), of similar lengths if ``group_by_length`` (None: when the run has at least
+    AUTO_GROUP_MIN_STEPS steps; the choice is recorded in ``run_info["batches"]``). With ``eval_data``: the
+    task metric of ``model`` every ``eval_every`` steps (0: once an epoch), the best model saved by
+    ``save(directory) -> layout name`` to OUT/best beside its eval.json, early stopping after ``patience``
+    evaluations without a gain, and the best so far read back on resume. Returns the trainer and the dict
+    that records what ``save`` returned for "best" and "final"."""
     steps_per_epoch = math.ceil(len(features) / batch_size)
     config = dataclasses.replace(config, max_steps=max(1, math.ceil(epochs * steps_per_epoch)),
                                  eval_every=eval_every or steps_per_epoch)
+    if group_by_length is None:
+        group_by_length = config.max_steps >= AUTO_GROUP_MIN_STEPS
+        run_info = {**run_info, "batches": {"group_by_length": group_by_length,
+                                            "chosen": f"auto: {config.max_steps} steps, grouped from {AUTO_GROUP_MIN_STEPS}"}}
+    else:
+        run_info = {**run_info, "batches": {"group_by_length": group_by_length, "chosen": "by the caller"}}
     layout: dict[str, str] = {}
     stream = EpochStream(features, rows, batch_size, tok.pad_token_id, config.seed, group_by_length, config.grad_accum)
     kwargs = dict(resume=resume, run_info=run_info, progress_bar=progress,
@@ -226,10 +245,11 @@ def finetune(
     eval_limit: int | None = None,
     resume: bool = False,
     progress: bool = True,
-    group_by_length: bool = True,
+    group_by_length: bool | None = None,
 ) -> dict:
     """Fine-tune; returns the summary also written to OUT/finetune.json. ``group_by_length``: batches of
-    similar lengths (see EpochStream; about half the compute on real data), else plain random batches."""
+    similar lengths (see EpochStream; about half the compute on real data), False: plain random batches,
+    None: grouped when the run has at least AUTO_GROUP_MIN_STEPS optimizer steps (see there)."""
     out = Path(out)
     encoder, tok = load_base(model_dir, tokenizer, random_init)
     train_data = load(train_spec, task, "train", limit)
@@ -262,7 +282,7 @@ def finetune(
     total = sum(p.numel() for p in model.parameters())
     run_info = {"finetune": {"task": task_cfg.task, "model": str(model_dir), "train": train_spec, "eval": eval_spec,
                              "random_init": random_init, "adapter": adapter, "llrd": llrd, "epochs": epochs,
-                             "batch_size": batch_size, "group_by_length": group_by_length,
+                             "batch_size": batch_size,
                              "examples": len(train_data.examples), "features": len(features),
                              "trainable_parameters": trainable, "parameters": total}}
     base_dir = Path(model_dir)
