@@ -1,8 +1,11 @@
 """Writing a file so that an interrupted job never leaves a half-written file under the final name.
 
-Every file bertforge writes goes to a temporary name in the same directory (so the rename cannot cross a
-file system) and is renamed over the final name only when complete; on any error, Ctrl-C included, the
-temporary file is removed and whatever stood under the final name is untouched. The finished file gets
+Each file bertforge writes whole (weights, configs, tokenizer files, reports, JSON summaries, plots, ONNX
+graphs) goes to a temporary name in the same directory (so the rename cannot cross a file system) and is
+renamed over the final name only when complete; on any error, Ctrl-C included, the temporary file is
+removed and whatever stood under the final name is untouched. Corpus stores and training checkpoints are
+whole directories, built under a temporary name and renamed the same way (data/corpus.py,
+train/checkpoint.py, which also syncs each file to disk). The finished file gets
 the permissions the user's umask gives a new file (0644 under the usual 022): ``tempfile.mkstemp`` and
 safetensors' ``save_file`` create 0600 files, which left saved models unreadable to any other account on
 the machine (a server running as its own user, a teammate).

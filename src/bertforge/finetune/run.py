@@ -196,12 +196,11 @@ def task_trainer(objective, model, tok, save, features: list[dict], rows: list[s
     steps_per_epoch = math.ceil(len(features) / batch_size)
     config = dataclasses.replace(config, max_steps=max(1, math.ceil(epochs * steps_per_epoch)),
                                  eval_every=eval_every or steps_per_epoch)
+    chosen = "by the caller"
     if group_by_length is None:
         group_by_length = config.max_steps >= AUTO_GROUP_MIN_STEPS
-        run_info = {**run_info, "batches": {"group_by_length": group_by_length,
-                                            "chosen": f"auto: {config.max_steps} steps, grouped from {AUTO_GROUP_MIN_STEPS}"}}
-    else:
-        run_info = {**run_info, "batches": {"group_by_length": group_by_length, "chosen": "by the caller"}}
+        chosen = f"auto: {config.max_steps} steps, grouped from {AUTO_GROUP_MIN_STEPS}"
+    run_info = {**run_info, "batches": {"group_by_length": group_by_length, "chosen": chosen}}
     layout: dict[str, str] = {}
     stream = EpochStream(features, rows, batch_size, tok.pad_token_id, config.seed, group_by_length, config.grad_accum)
     kwargs = dict(resume=resume, run_info=run_info, progress_bar=progress,
