@@ -300,6 +300,10 @@ def test_token_budget_and_finite_stream(tmp_path, monkeypatch):
     assert result.stopped_by == "max_tokens" and result.tokens > 300
     # the last step passed the budget; its progress bar stops at 100% (tqdm warns of a fraction above 1)
     assert bars[0].n == bars[0].total == 300
+    result = make_trainer(tmp_path / "m", tiny_config(max_steps=0, max_minutes=0.02, warmup_steps=0),
+                          progress_bar=True).train()
+    assert result.stopped_by == "max_minutes" and result.elapsed >= 1.2
+    assert bars[1].total == 1 and bars[1].n == 1 and isinstance(bars[1].n, int)  # whole seconds, not 1.2037...
     finite = ToyStream(limit=5)
     result = make_trainer(tmp_path / "d", tiny_config(grad_accum=2), stream=finite).train()
     assert (result.stopped_by, result.step) == ("data", 2)

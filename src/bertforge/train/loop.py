@@ -490,16 +490,17 @@ class Trainer:
         if cfg.max_tokens:
             self._bar_unit = "tok"
             return tqdm(total=cfg.max_tokens, initial=self.tokens, unit="tok", unit_scale=True, dynamic_ncols=True)
+        # whole seconds: tqdm prints a float count with all its digits ("179.2676299829982/180")
         self._bar_unit, self._bar_elapsed = "s", self.elapsed
-        return tqdm(total=round(60 * cfg.max_minutes), initial=round(self.elapsed), unit="s", dynamic_ncols=True)
+        return tqdm(total=round(60 * cfg.max_minutes), initial=int(self.elapsed), unit="s", dynamic_ncols=True)
 
     def _bar_increment(self, tokens: float, elapsed: float) -> float:
         if self._bar_unit == "step":
             return 1
         if self._bar_unit == "tok":
             return tokens
-        delta, self._bar_elapsed = elapsed - self._bar_elapsed, elapsed
-        return max(0.0, delta)
+        delta, self._bar_elapsed = int(elapsed) - int(self._bar_elapsed), elapsed
+        return max(0, delta)
 
     def _log_train(self, window: dict[str, float], lr: float, bar) -> None:
         n = window.pop("_n")
