@@ -128,6 +128,18 @@ def test_export_command_writes_verified_fp32_and_int8(tmp_path, capsys):
     assert "logits" in OnnxRuntimeModel(out / "model.onnx").output_names[-1]
     assert "max |ONNX - PyTorch|" in capsys.readouterr().out
     assert main(["export", str(tmp_path / "missing"), "-o", str(out)]) == 2
+    # a model that fails the check is not left under the final name; an asked-for head must exist
+    failed = tmp_path / "failed"
+    assert main(["export", str(source), "-o", str(failed), "--atol", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert f"{failed / 'model.onnx'}: " in err and not (failed / "model.onnx").exists()
+    assert not [p.name for p in failed.iterdir() if p.suffix == ".onnx"]
+    encoder_only = tmp_path / "encoder"
+    PretrainingModel(PRESETS["bert-tiny"].replace(vocab_size=200), heads=()).save_pretrained(encoder_only)
+    assert main(["export", str(encoder_only), "-o", str(tmp_path / "e"), "--head", "mlm"]) == 2
+    assert "--head mlm: " in capsys.readouterr().err
+    assert main(["export", str(source), "-o", str(source)]) == 2
+    assert "is the model directory itself" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -170,6 +170,38 @@ def test_cli_bad_inputs_give_one_line_errors(tmp_path, capsys):
     assert "not a fine-tuned model directory" in capsys.readouterr().err
 
 
+def test_cli_predict_and_evaluate_refuse_bad_inputs_in_one_line(tmp_path, capsys):
+    md = model_dir(tmp_path)
+    rows = [(t, "pos") for t in POS] + [(t, "neg") for t in NEG]
+    _write_csv(tmp_path / "train.csv", rows)
+    out = tmp_path / "run"
+    assert main(["finetune", "--task", "classify", "--model", str(md), "--train", str(tmp_path / "train.csv"),
+                 "--out", str(out), "--epochs", "1", "--quiet"]) == 0
+    model = str(out / "final")
+    capsys.readouterr()
+
+    def refused(argv, code=2):
+        with pytest.raises(SystemExit) as exit_:  # argparse refuses the value itself
+            main(argv)
+        assert exit_.value.code == code
+        return capsys.readouterr().err
+
+    assert "--batch-size: expected a whole number >= 1, got 0" in refused(["predict", "--model", model, "--batch-size", "0", "hi"])
+    assert "--top-k: expected a whole number >= 1, got -1" in refused(["predict", "--model", model, "--top-k", "-1", "hi"])
+    assert "--port: expected a port from 0 to 65535, got 70000" in refused(["serve", model, "--port", "70000"])
+    (tmp_path / "latin1.txt").write_bytes("good\ncaf\xe9 good\n".encode("latin-1"))
+    assert main(["predict", "--model", model, "--input", str(tmp_path / "latin1.txt")]) == 2
+    assert "latin1.txt:2: not UTF-8 (byte 0xe9)" in capsys.readouterr().err
+    (tmp_path / "empty.txt").write_text("")
+    assert main(["predict", "--model", model, "--input", str(tmp_path / "empty.txt")]) == 2
+    assert "empty.txt: the file is empty" in capsys.readouterr().err
+    assert main(["predict", "--model", model, "--output", str(tmp_path / "nodir" / "out.jsonl"), "hi"]) == 2
+    assert f"{tmp_path / 'nodir' / 'out.jsonl'}: cannot write, the directory" in capsys.readouterr().err
+    (tmp_path / "typo.csv").write_text("text,labels\ngood movie,pos\n")  # no label column: nothing to score
+    assert main(["evaluate", "--model", model, "--data", str(tmp_path / "typo.csv")]) == 2
+    assert "no labelled examples to score among 1 read" in capsys.readouterr().err
+
+
 def test_hf_export_per_task_or_the_reason_it_cannot(tmp_path):
     tok = tokenizer(tmp_path)
     batch = dict(tok(["john lives in paris", "张三住在北京"], padding=True, return_tensors="pt"))

@@ -111,8 +111,12 @@ def test_decode_answers_prefers_the_window_holding_the_whole_answer():
     w2 = best_spans(np.array([0, 4.0, 0, 0]), np.array([0, 0, 4.0, 0]), [None, (4, 9), (10, 13), None], 5, 10)
     answers = decode_answers([w1, w2], context, n_best=3)
     assert answers[0]["answer"] == "defgh ijk" and (answers[0]["start"], answers[0]["end"]) == (4, 13)
-    assert sum(a["score"] for a in answers) == pytest.approx(1.0)
     assert set(answers[0]) == {"answer", "score", "start", "end"}
+    # scores are a softmax over every merged candidate: they sum to 1 over all of them, and an answer's
+    # score does not depend on how many are asked for (a lone answer used to get 1.0)
+    every = decode_answers([w1, w2], context, n_best=100)
+    assert len(every) == 5 and sum(a["score"] for a in every) == pytest.approx(1.0)
+    assert decode_answers([w1, w2], context, n_best=1) == answers[:1] == every[:1] and answers[0]["score"] < 1
 
 
 def test_decode_answers_chinese_and_duplicate_spans():

@@ -28,6 +28,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     on leaving the block without an error it is renamed to ``path``, otherwise deleted. The temporary name
     keeps ``path``'s suffix, for writers that infer the format from it (savefig) or append one (np.savez)."""
     path = Path(path)
+    if not path.parent.is_dir():
+        from .errors import BertforgeError
+
+        raise BertforgeError(f"{path}: cannot write, the directory {path.parent} does not exist")
     tmp = path.with_name(f".{path.stem}.{os.getpid()}-{secrets.token_hex(3)}.tmp{path.suffix}")
     try:
         yield tmp

@@ -434,8 +434,10 @@ def best_spans(
 
 def decode_answers(windows: list[list[Span]], context: str, n_best: int) -> list[dict]:
     """Merge the candidate spans of every window of one context: the same character span found in two
-    overlapping windows keeps its best score (spans are trimmed of surrounding whitespace); ``score`` becomes a softmax over the kept candidates (as
-    transformers' pipeline reports it). -> up to n_best dicts {answer, score, start, end}, best first."""
+    overlapping windows keeps its best score (spans are trimmed of surrounding whitespace). ``score`` is a
+    softmax over all the merged candidates (each window's TaskConfig.n_best), so it does not depend on how
+    many answers are asked for: a top-1 answer scored 1.0 whatever the model thought when the softmax was
+    over the returned ones only. -> up to n_best dicts {answer, score, start, end}, best first."""
     best: dict[tuple[int, int], float] = {}
     for spans in windows:
         for span in spans:
@@ -449,11 +451,11 @@ def decode_answers(windows: list[list[Span]], context: str, n_best: int) -> list
                 best[(s, e)] = span.score
     if not best:
         return []
-    ranked = sorted(best.items(), key=lambda kv: -kv[1])[:n_best]
+    ranked = sorted(best.items(), key=lambda kv: -kv[1])
     logits = np.array([score for _, score in ranked])
     probs = np.exp(logits - logits.max())
     probs /= probs.sum()
     return [
         {"answer": context[s:e], "score": float(p), "start": s, "end": e}
-        for ((s, e), _), p in zip(ranked, probs)
+        for ((s, e), _), p in zip(ranked[:n_best], probs[:n_best])
     ]

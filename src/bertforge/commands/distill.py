@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from . import non_negative, positive
 from .finetune import GROUP_BY_LENGTH_HELP
 
 HELP = "distil a teacher into a smaller student (DistilBERT pretraining distillation, or a fine-tuned task)"
@@ -33,7 +34,7 @@ examples:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher", metavar="DIR", help="teacher: a checkpoint with an MLM head, or a fine-tuned model")
     p.add_argument("--out", metavar="RUN_DIR", help="run directory to create")
-    p.add_argument("--student-layers", type=int, metavar="N", help="student depth: the first N of teacher layers "
+    p.add_argument("--student-layers", type=positive, metavar="N", help="student depth: the first N of teacher layers "
                    "0, 2, 4, ... (default: all of them, half the teacher's depth)")
     p.add_argument("--layers", metavar="I,J,...", help="teacher layers the student copies, e.g. 0,2,4,7,9,11")
     p.add_argument("--temperature", type=float, default=2.0, help="softmax temperature of the soft targets (default 2)")
@@ -53,13 +54,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--soft-weight", type=float, default=1.0, help="weight of the soft-target KL (default 1)")
     t.add_argument("--hard-weight", type=float, default=0.5, help="weight of the gold-label cross-entropy (default 0.5)")
     t.add_argument("--epochs", type=float, default=3.0)
-    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--batch-size", type=positive, default=32)
     t.add_argument("--group-by-length", action=argparse.BooleanOptionalAction, default=None, help=GROUP_BY_LENGTH_HELP)
     t.add_argument("--lr", type=float, default=5e-5, help="peak learning rate (default 5e-5)")
-    t.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (default: every epoch)")
-    t.add_argument("--patience", type=int, default=0, help="stop after N evaluations without improvement (0 = never)")
-    t.add_argument("--limit", type=int, help="use only the first N training examples")
-    t.add_argument("--eval-limit", type=int, help="use only the first N evaluation examples")
+    t.add_argument("--eval-every", type=non_negative, default=0, help="evaluate every N steps (default: every epoch)")
+    t.add_argument("--patience", type=non_negative, default=0, help="stop after N evaluations without improvement (0 = never)")
+    t.add_argument("--limit", type=positive, help="use only the first N training examples")
+    t.add_argument("--eval-limit", type=positive, help="use only the first N evaluation examples")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override settings, e.g. lr=3e-4")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 

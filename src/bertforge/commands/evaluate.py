@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from . import positive
+
 HELP = "score a fine-tuned model: accuracy/macro-F1, entity P/R/F1 (seqeval), QA EM/F1"
 DESCRIPTION = """Evaluate a fine-tuned directory (bertforge finetune's OUT/best) on labelled data in the formats
 finetune reads, or on a named dataset (default split: test). Prints the metrics as JSON:
@@ -28,8 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="fine-tuned model directory")
     p.add_argument("--data", required=True, help="a file or NAME[:split] (default split: test)")
     p.add_argument("--base", help="base model directory of an adapter model, if it moved")
-    p.add_argument("--limit", type=int, help="score only the first N examples")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--limit", type=positive, help="score only the first N examples")
+    p.add_argument("--batch-size", type=positive, default=32)
     p.add_argument("--predictions", help="also write one JSON prediction per line to this file (PyTorch model)")
     p.add_argument("--onnx", nargs="+", metavar="FILE", default=[],
                    help="also score these ONNX exports of the model and report the change against PyTorch")

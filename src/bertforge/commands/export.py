@@ -43,20 +43,29 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..errors import BertforgeError
-    from ..files import write_json
+    from ..files import atomic_path, write_json
     from ..export import OnnxRuntimeModel, export_onnx, output_tensors, quantize_onnx, sample_inputs, verify_onnx
 
     source, out = Path(args.model), Path(args.output)
     if not source.is_dir():
         raise BertforgeError(f"{source}: not a model directory")
+    if out.exists() and not out.is_dir():
+        raise BertforgeError(f"--output {out}: exists and is not a directory")
+    if out.resolve() == source.resolve():
+        raise BertforgeError(f"--output {out}: is the model directory itself; choose a new directory")
     model = _load(source, args.head)
     out.mkdir(parents=True, exist_ok=True)
     for f in source.iterdir():  # config and tokenizer files: everything but the weights
         if f.is_file() and f.suffix not in (".safetensors", ".bin", ".pt", ".onnx", ".h5", ".msgpack"):
             shutil.copy2(f, out / f.name)
 
-    fp32 = export_onnx(model, out / "model.onnx", opset=args.opset)
-    diff = verify_onnx(model, fp32, atol=args.atol)
+    fp32 = out / "model.onnx"
+    with atomic_path(fp32) as tmp:  # under its name only once verified: a failed check leaves no model.onnx
+        export_onnx(model, tmp, opset=args.opset)
+        try:
+            diff = verify_onnx(model, tmp, atol=args.atol)
+        except BertforgeError as exc:  # name the file the user asked for, not the temporary one
+            raise BertforgeError(str(exc).replace(str(tmp), str(fp32))) from None
     report = {"model.onnx": {"bytes": fp32.stat().st_size, "max_abs_diff_vs_pytorch": diff}}
     print(f"wrote {fp32} ({fp32.stat().st_size / 2**20:.1f} MiB), max |ONNX - PyTorch| = {diff:.2e} (atol {args.atol:g})")
     if args.quantize == "int8":
@@ -95,6 +104,8 @@ def _load(source, head: str):
     if head == "encoder":
         return AutoModel.from_pretrained(source)
     model = AutoModelForMaskedLM.from_pretrained(source)
-    if head == "auto" and model.mlm is None:
+    if model.mlm is None:
+        if head == "mlm":
+            raise BertforgeError(f"--head mlm: {source} has no masked-LM head (use --head encoder)")
         return model.encoder
     return model

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from . import non_negative, positive
+
 HELP = "fine-tune a model for classification, sentence pairs, NER or extractive QA"
 DESCRIPTION = """Fine-tune MODEL_DIR (any local checkpoint directory) on a task and keep the best model.
 
@@ -39,24 +41,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="run directory; the best model is written to OUT/best")
     p.add_argument("--tokenizer", help="tokenizer directory (default: the model directory)")
     p.add_argument("--epochs", type=float, default=3.0)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=positive, default=32)
     p.add_argument("--group-by-length", action=argparse.BooleanOptionalAction, default=None, help=GROUP_BY_LENGTH_HELP)
     p.add_argument("--lr", type=float, default=5e-5, help="peak learning rate (default 5e-5)")
-    p.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (default: every epoch)")
-    p.add_argument("--patience", type=int, default=3, help="stop after N evaluations without improvement (0 = never)")
-    p.add_argument("--max-length", type=int, help="tokens per sequence (default 128; qa 256)")
-    p.add_argument("--doc-stride", type=int, help="qa: tokens of overlap between context windows (default 32)")
-    p.add_argument("--max-answer-length", type=int, help="qa: longest answer in tokens (default 30)")
+    p.add_argument("--eval-every", type=non_negative, default=0, help="evaluate every N steps (default: every epoch)")
+    p.add_argument("--patience", type=non_negative, default=3, help="stop after N evaluations without improvement (0 = never)")
+    p.add_argument("--max-length", type=positive, help="tokens per sequence (default 128; qa 256)")
+    p.add_argument("--doc-stride", type=non_negative, help="qa: tokens of overlap between context windows (default 32)")
+    p.add_argument("--max-answer-length", type=positive, help="qa: longest answer in tokens (default 30)")
     p.add_argument("--pooling", choices=("cls", "mean"), help="sentence vector for classification (default cls)")
     p.add_argument("--layer-mix", action="store_true", help="feed the head a learned scalar mix of all layers")
     p.add_argument("--crf", action="store_true", help="ner: add a CRF layer (constrained Viterbi decoding)")
     p.add_argument("--frozen", action="store_true", help="frozen encoder: train only the head (feature mode)")
-    p.add_argument("--adapter", type=int, default=0, metavar="M",
+    p.add_argument("--adapter", type=non_negative, default=0, metavar="M",
                    help="train Houlsby bottleneck adapters of size M instead of the encoder")
     p.add_argument("--llrd", type=float, default=1.0, help="layer-wise lr decay factor (e.g. 0.9; 1 = off)")
     p.add_argument("--random-init", action="store_true", help="same architecture, random weights (a baseline)")
-    p.add_argument("--limit", type=int, help="use only the first N training examples")
-    p.add_argument("--eval-limit", type=int, help="use only the first N evaluation examples")
+    p.add_argument("--limit", type=positive, help="use only the first N training examples")
+    p.add_argument("--eval-limit", type=positive, help="use only the first N evaluation examples")
     p.add_argument("--resume", action="store_true", help="continue the run in OUT from its last checkpoint")
     p.add_argument("--config", help="YAML file of training-loop settings (TrainConfig)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a training-loop setting")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import add_fast_path_arguments
+from . import add_fast_path_arguments, positive
 
 HELP = "run inference: fill-mask, feature extraction, classification, NER, question answering"
 DESCRIPTION = """Run a pipeline on MODEL_DIR and print one JSON result per input line (formats: docs/finetuning.md).
@@ -30,10 +30,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", choices=TASKS, help="pipeline (default: the fine-tuned directory's task)")
     p.add_argument("--input", help="file with one input per line")
     p.add_argument("--output", help="write results here instead of standard output")
-    p.add_argument("--top-k", type=int, help="candidates per mask / labels per text / answers per question")
+    p.add_argument("--top-k", type=positive, help="candidates per mask / labels per text / answers per question")
     p.add_argument("--pooling", choices=("mean", "cls"), default="mean", help="feature-extraction pooling")
     p.add_argument("--base", help="base model directory of an adapter model, if it moved")
-    p.add_argument("--batch-size", type=int, default=32, help="inputs per forward (default: 32)")
+    p.add_argument("--batch-size", type=positive, default=32, help="inputs per forward (default: 32)")
     add_fast_path_arguments(p)
 
 
@@ -47,11 +47,21 @@ def _parse(line: str):
     return line.rstrip("\n")
 
 
+def _read_bytes(path: str) -> bytes:
+    from pathlib import Path
+
+    from ..errors import BertforgeError
+
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise BertforgeError(f"{path}: cannot read ({exc.strerror})") from None
+
+
 def run(args: argparse.Namespace) -> int:
     import contextlib
     import json
     import sys
-    from pathlib import Path
 
     from ..errors import BertforgeError
     from ..files import atomic_path
@@ -62,13 +72,20 @@ def run(args: argparse.Namespace) -> int:
         raise BertforgeError("give the inputs as TEXT arguments or with --input FILE (one of the two)")
     pipe = pipeline(args.task, args.model, base=args.base, pooling=args.pooling, batch_size=args.batch_size,
                     precision=args.precision, compile=args.compile)
-    options = {} if args.top_k is None or pipe.task == "feature-extraction" else {"top_k": args.top_k}
+    if args.top_k is not None and pipe.task in ("feature-extraction", "token-classification"):
+        raise BertforgeError(f"--top-k: {pipe.task} has no candidates to rank; leave it out")
+    options = {} if args.top_k is None else {"top_k": args.top_k}
     if args.input:
+        data = _read_bytes(args.input)
         try:
-            lines = Path(args.input).read_text(encoding="utf-8").splitlines()
-        except OSError as exc:
-            raise BertforgeError(f"{args.input}: cannot read ({exc.strerror})") from None
+            lines = data.decode("utf-8").splitlines()
+        except UnicodeDecodeError as exc:
+            line = data[: exc.start].count(b"\n") + 1
+            raise BertforgeError(f"{args.input}:{line}: not UTF-8 (byte 0x{data[exc.start]:02x}); save the file "
+                                 "as UTF-8") from None
         where = args.input
+        if not lines:
+            raise BertforgeError(f"{args.input}: the file is empty; expected one input per line")
     else:
         lines, where = args.texts, "argument"
     # --output is written under a temporary name and renamed when complete (removed if the run fails).

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import add_fast_path_arguments
+from . import add_fast_path_arguments, port, positive
 
 HELP = "serve a model over HTTP (FastAPI + uvicorn) with dynamic batching, metrics and a web demo"
 DESCRIPTION = """Serve MODEL_DIR over HTTP. Endpoints, each present when the model can do the task:
@@ -27,15 +27,15 @@ examples:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="model directory")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument("--port", type=port, default=8000, help="port (default: 8000)")
     p.add_argument("--tasks", help="comma-separated subset of the tasks the model can do (default: all)")
     p.add_argument("--api-key-file", help="file holding the API key (else $BERTFORGE_API_KEY, else no key)")
-    p.add_argument("--max-batch", type=int, default=32, help="items per forward at most (default: 32)")
+    p.add_argument("--max-batch", type=positive, default=32, help="items per forward at most (default: 32)")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a forward waits for company (default: 5)")
-    p.add_argument("--max-queue", type=int, default=256, help="items waiting per task before 503 (default: 256)")
-    p.add_argument("--max-inputs", type=int, default=32, help="inputs per request (default: 32)")
-    p.add_argument("--max-chars", type=int, default=10_000, help="characters per text (default: 10000)")
-    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--max-queue", type=positive, default=256, help="items waiting per task before 503 (default: 256)")
+    p.add_argument("--max-inputs", type=positive, default=32, help="inputs per request (default: 32)")
+    p.add_argument("--max-chars", type=positive, default=10_000, help="characters per text (default: 10000)")
+    p.add_argument("--threads", type=positive, help="torch intra-op threads (default: torch's choice)")
     add_fast_path_arguments(p)
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
@@ -59,9 +59,6 @@ def run(args: argparse.Namespace) -> int:
             raise BertforgeError(f"--api-key-file {args.api_key_file}: {exc.strerror}") from None
         if not api_key:
             raise BertforgeError(f"--api-key-file {args.api_key_file}: the file is empty")
-    for name in ("max_batch", "max_queue", "max_inputs", "max_chars", "port"):
-        if getattr(args, name) < (0 if name == "port" else 1):
-            raise BertforgeError(f"--{name.replace('_', '-')}={getattr(args, name)} must be positive")
     if args.max_batch > args.max_queue:
         raise BertforgeError(f"--max-batch={args.max_batch} exceeds --max-queue={args.max_queue}")
     if args.threads:

@@ -108,9 +108,17 @@ def predict(model: TaskModel, tok, data: TaskData, batch_size: int = 32, progres
     return out, skips
 
 
+_GOLD = {"ner": "a tag per token", "qa": "reference answers", "classify": "a label", "pair": "a label"}
+
+
 def evaluate(model: TaskModel, tok, data: TaskData, batch_size: int = 32,
              progress: str | None = None) -> tuple[dict[str, float], list[dict], Skips]:
-    """(metrics, predictions, skips) of ``model`` on labelled ``data``."""
+    """(metrics, predictions, skips) of ``model`` on labelled ``data``; ``examples`` counts the scored ones."""
+    labelled = [ex for ex in data.examples if (ex.references if data.task == "qa" else
+                                               ex.tags is not None if data.task == "ner" else ex.label is not None)]
+    if not labelled:  # every metric of nothing would print as 0.0
+        raise BertforgeError(f"{data.name}: no labelled examples to score among {len(data.examples)} read "
+                             f"(expected {_GOLD.get(data.task, 'a label')} on each)")
     check_labels(model, data)
     predictions, skips = predict(model, tok, data, batch_size, progress)
     if data.task == "ner":
@@ -121,7 +129,7 @@ def evaluate(model: TaskModel, tok, data: TaskData, batch_size: int = 32,
     else:
         pairs = [(ex.label, p["label"]) for ex, p in zip(data.examples, predictions) if ex.label is not None]
         metrics = classification_metrics([g for g, _ in pairs], [p for _, p in pairs])
-    metrics["examples"] = float(len(data.examples))
+    metrics["examples"] = float(len(labelled))
     return metrics, predictions, skips
 
 
