@@ -9,8 +9,9 @@ DESCRIPTION = """Export a model directory to ONNX with dynamic batch and sequenc
 is run with ONNX Runtime at several batch sizes and lengths (with padding) and compared with PyTorch;
 a difference above --atol is an error. --quantize int8 adds ONNX Runtime's dynamic int8 quantization
 (int8 weights, activations quantized at run time) and reports its size, its speed-up and how far its
-outputs move. The output directory also gets the model's config and tokenizer files, so it is
-self-contained for serving or `bertforge evaluate`.
+outputs move. The output directory also gets the model's config and tokenizer files, so ONNX Runtime
+needs nothing else to run it; `bertforge evaluate --model MODEL_DIR --onnx OUT/model.onnx` scores it beside
+the PyTorch model (serve, predict and evaluate --model load PyTorch weights, not ONNX).
 
 What is exported (--head): "task" = a fine-tuned directory's model with its head (logits; start/end
 logits for QA); "encoder" = the bare encoder (last_hidden_state, pooler_output); "mlm" = encoder +

@@ -145,7 +145,7 @@ class FillMask(Pipeline):
         for pos, dist in zip(positions, probs):
             p = dist.clone()
             p[list(specials)] = 0.0
-            top = torch.topk(p, top_k)
+            top = torch.topk(p, min(top_k, p.numel()))  # --top-k above the vocabulary size: all of it
             beams = sorted(((ids + [t], s * q) for ids, s in beams for q, t in zip(top.values.tolist(), top.indices.tolist())),
                            key=lambda x: -x[1])[:top_k]
         start, end = offsets[positions[0]][0], offsets[positions[-1]][1]
