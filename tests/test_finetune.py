@@ -200,6 +200,9 @@ def test_cli_predict_and_evaluate_refuse_bad_inputs_in_one_line(tmp_path, capsys
     (tmp_path / "typo.csv").write_text("text,labels\ngood movie,pos\n")  # no label column: nothing to score
     assert main(["evaluate", "--model", model, "--data", str(tmp_path / "typo.csv")]) == 2
     assert "no labelled examples to score among 1 read" in capsys.readouterr().err
+    assert main(["finetune", "--task", "classify", "--model", str(md), "--train", str(tmp_path / "train.csv"),
+                 "--eval", str(tmp_path / "typo.csv"), "--out", str(tmp_path / "run2"), "--quiet"]) == 2
+    assert "typo.csv" in capsys.readouterr().err and not (tmp_path / "run2" / "metrics.jsonl").exists()
 
 
 def test_hf_export_per_task_or_the_reason_it_cannot(tmp_path):

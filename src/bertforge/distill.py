@@ -246,7 +246,7 @@ def distill_task(
     ``eval_spec`` when given (with the teacher's score there in the summary). Returns the summary, also
     written to OUT/distill.json. ``group_by_length``: batches of similar lengths (finetune.run.EpochStream; None:
     for runs of at least finetune.run.AUTO_GROUP_MIN_STEPS steps)."""
-    from .finetune.evaluate import check_labels, evaluate
+    from .finetune.evaluate import check_labels, evaluate, require_labels
     from .finetune.run import encode_for_training, say, task_trainer
     from .finetune.store import load_task_model, save_task_model
     from .metrics import TASK_METRIC
@@ -270,6 +270,7 @@ def distill_task(
     check_labels(teacher, train_data)  # a label the teacher never learnt has no soft target to match
     eval_data = load(eval_spec, teacher.task.task, "validation", eval_limit) if eval_spec else None
     if eval_data is not None:
+        require_labels(eval_data)
         check_labels(teacher, eval_data)
     features, rows = encode_for_training(student.task, tok, train_data, train_data.skips)
     if not features:

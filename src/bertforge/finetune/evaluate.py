@@ -111,14 +111,20 @@ def predict(model: TaskModel, tok, data: TaskData, batch_size: int = 32, progres
 _GOLD = {"ner": "a tag per token", "qa": "reference answers", "classify": "a label", "pair": "a label"}
 
 
+def require_labels(data: TaskData) -> list:
+    """The examples of ``data`` that carry gold labels; an error when none do (scores of nothing print as 0.0)."""
+    labelled = [ex for ex in data.examples if (ex.references if data.task == "qa" else
+                                               ex.tags is not None if data.task == "ner" else ex.label is not None)]
+    if not labelled:
+        raise BertforgeError(f"{data.name}: no labelled examples to score among {len(data.examples)} read "
+                             f"(expected {_GOLD.get(data.task, 'a label')} on each)")
+    return labelled
+
+
 def evaluate(model: TaskModel, tok, data: TaskData, batch_size: int = 32,
              progress: str | None = None) -> tuple[dict[str, float], list[dict], Skips]:
     """(metrics, predictions, skips) of ``model`` on labelled ``data``; ``examples`` counts the scored ones."""
-    labelled = [ex for ex in data.examples if (ex.references if data.task == "qa" else
-                                               ex.tags is not None if data.task == "ner" else ex.label is not None)]
-    if not labelled:  # every metric of nothing would print as 0.0
-        raise BertforgeError(f"{data.name}: no labelled examples to score among {len(data.examples)} read "
-                             f"(expected {_GOLD.get(data.task, 'a label')} on each)")
+    labelled = require_labels(data)
     check_labels(model, data)
     predictions, skips = predict(model, tok, data, batch_size, progress)
     if data.task == "ner":

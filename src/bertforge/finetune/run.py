@@ -33,7 +33,7 @@ from ..taskdata import TaskData, load
 from ..tasks import TaskConfig, TaskObjective, build_task_model, full_tag_set
 from ..train import TrainConfig, Trainer
 from .encode import check_tokenizer, collate, encode_qa, encode_texts, encode_tokens
-from .evaluate import check_labels, evaluate
+from .evaluate import check_labels, evaluate, require_labels
 from .store import save_task_model
 
 
@@ -266,6 +266,7 @@ def finetune(
         install(encoder, adapters)
         train_only_adapters(model, encoder)
     if eval_data is not None:
+        require_labels(eval_data)  # before training, not at the first evaluation
         check_labels(model, eval_data)
     skips = train_data.skips
     features, rows = encode_for_training(task_cfg, tok, train_data, skips)
