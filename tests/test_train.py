@@ -382,6 +382,20 @@ def test_unwritable_run_dir_and_low_disk_are_caught_before_training(tmp_path, mo
         make_trainer(tmp_path / "small")
 
 
+def test_a_model_directory_or_corpus_store_is_not_taken_as_a_run_directory(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "bert"}')
+    with pytest.raises(BertforgeError, match="is not a training run"):
+        make_trainer(model).train()
+    assert (model / "config.json").read_text() == '{"model_type": "bert"}'  # untouched
+    store = tmp_path / "x.store"
+    store.mkdir()
+    (store / "manifest.json").write_text("{}")
+    with pytest.raises(BertforgeError, match="is a corpus store"):
+        make_trainer(store).train()
+
+
 def test_existing_checkpoints_need_resume_and_resume_needs_a_checkpoint(tmp_path):
     make_trainer(tmp_path, tiny_config(max_steps=4)).train()
     with pytest.raises(BertforgeError, match="already holds checkpoints .*--resume"):

@@ -148,6 +148,11 @@ class Trainer:
     # ---- checks before anything is trained ------------------------------------------------------
     def _check_run_dir(self) -> str | None:
         d = self.run_dir
+        if not self.resume and (d / "config.json").is_file() and not (d / "metrics.jsonl").exists():
+            # a model directory (or a store) given as --out: the run's config.json would overwrite the model's
+            return f"{d} holds a config.json but is not a training run (a model directory?); choose another --out"
+        if not self.resume and (d / "manifest.json").is_file():
+            return f"{d} is a corpus store, not a training run; choose another --out"
         try:
             d.mkdir(parents=True, exist_ok=True)
             probe = d / f".write-test-{id(self)}"
