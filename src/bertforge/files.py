@@ -21,6 +21,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from .errors import BertforgeError
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -29,8 +31,6 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     keeps ``path``'s suffix, for writers that infer the format from it (savefig) or append one (np.savez)."""
     path = Path(path)
     if not path.parent.is_dir():
-        from .errors import BertforgeError
-
         raise BertforgeError(f"{path}: cannot write, the directory {path.parent} does not exist")
     tmp = path.with_name(f".{path.stem}.{os.getpid()}-{secrets.token_hex(3)}.tmp{path.suffix}")
     try:
@@ -55,6 +55,19 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """A UTF-8 text file's content; an unreadable or non-UTF-8 file is a one-line error naming file and line."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise BertforgeError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise BertforgeError(f"{path}:{line}: not UTF-8 (byte 0x{data[exc.start]:02x}); save the file as UTF-8") from None
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:

@@ -47,24 +47,13 @@ def _parse(line: str):
     return line.rstrip("\n")
 
 
-def _read_bytes(path: str) -> bytes:
-    from pathlib import Path
-
-    from ..errors import BertforgeError
-
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise BertforgeError(f"{path}: cannot read ({exc.strerror})") from None
-
-
 def run(args: argparse.Namespace) -> int:
     import contextlib
     import json
     import sys
 
     from ..errors import BertforgeError
-    from ..files import atomic_path
+    from ..files import atomic_path, read_text
     from ..finetune.run import say
     from ..inference.pipelines import pipeline
 
@@ -76,13 +65,7 @@ def run(args: argparse.Namespace) -> int:
         raise BertforgeError(f"--top-k: {pipe.task} has no candidates to rank; leave it out")
     options = {} if args.top_k is None else {"top_k": args.top_k}
     if args.input:
-        data = _read_bytes(args.input)
-        try:
-            lines = data.decode("utf-8").splitlines()
-        except UnicodeDecodeError as exc:
-            line = data[: exc.start].count(b"\n") + 1
-            raise BertforgeError(f"{args.input}:{line}: not UTF-8 (byte 0x{data[exc.start]:02x}); save the file "
-                                 "as UTF-8") from None
+        lines = read_text(args.input).splitlines()
         where = args.input
         if not lines:
             raise BertforgeError(f"{args.input}: the file is empty; expected one input per line")

@@ -113,8 +113,9 @@ _GOLD = {"ner": "a tag per token", "qa": "reference answers", "classify": "a lab
 
 def require_labels(data: TaskData) -> list:
     """The examples of ``data`` that carry gold labels; an error when none do (scores of nothing print as 0.0)."""
-    labelled = [ex for ex in data.examples if (ex.references if data.task == "qa" else
-                                               ex.tags is not None if data.task == "ner" else ex.label is not None)]
+    gold = {"qa": lambda ex: bool(ex.references), "ner": lambda ex: ex.tags is not None}.get(
+        data.task, lambda ex: ex.label is not None)
+    labelled = [ex for ex in data.examples if gold(ex)]
     if not labelled:
         raise BertforgeError(f"{data.name}: no labelled examples to score among {len(data.examples)} read "
                              f"(expected {_GOLD.get(data.task, 'a label')} on each)")
