@@ -321,17 +321,14 @@ def test_loading_bad_directories(tmp_path):
 
 def test_training_errors_name_the_problem(corpus, tmp_path):
     en = corpus / "en.txt"
-    with pytest.raises(BertforgeError, match="missing.txt: no such file"):
+    with pytest.raises(BertforgeError, match="input file .*missing.txt does not exist"):
         train_tokenizer("wordpiece", [en, tmp_path / "missing.txt"], 1000, progress=False)
-    (tmp_path / "fake.gz").write_bytes(b"this is not gzip")
-    with pytest.raises(BertforgeError, match="fake.gz: cannot read"):
-        train_tokenizer("wordpiece", [tmp_path / "fake.gz"], 1000, progress=False)
     with pytest.raises(BertforgeError, match="too small for bpe: at least 261"):
         train_tokenizer("bpe", [en], 100, progress=False)
     with pytest.raises(BertforgeError, match="too small for this text"):
         train_tokenizer("unigram", [corpus / "zh.txt.gz"], 300, progress=False)
     (tmp_path / "empty.txt").write_text("\n\n  \n")
-    with pytest.raises(BertforgeError, match="no text to learn from"):
+    with pytest.raises(BertforgeError, match="no text found in .*empty.txt"):
         train_tokenizer("wordpiece", [tmp_path / "empty.txt"], 1000, progress=False)
     with pytest.raises(BertforgeError, match="not one of"):
         train_tokenizer("sentencepiece", [en], 1000, progress=False)
@@ -353,7 +350,7 @@ def test_cli_train_and_encode(corpus, tmp_path, capsys):
     assert "| " in capsys.readouterr().out
     assert main(["tokenizer", "train", "--kind", "bpe", "--vocab-size", "800", "--quiet", "--out", str(out),
                  str(tmp_path / "nope.txt")]) == 2
-    assert "nope.txt: no such file" in capsys.readouterr().err
+    assert "nope.txt does not exist" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("kind", ["wordpiece", pytest.param("chinese-word", marks=pytest.mark.slow)])

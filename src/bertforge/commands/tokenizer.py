@@ -16,7 +16,9 @@ kinds:
                 (RoFormerTokenizer in transformers, which needs `pip install rjieba`)
 
 The output directory loads in bertforge.AutoTokenizer and transformers.AutoTokenizer alike.
-Input: text files (plain, .gz or .bz2; directories are read recursively), one or more sentences a line.
+Input: read as `bertforge corpus build` reads it: text files, one or more sentences a line, or .jsonl
+records' "text" field; plain or .gz/.bz2/.xz compressed (recognised by content); directories are read
+recursively. Binary and empty files are skipped with a warning; no text at all is an error.
 
 examples:
   bertforge tokenizer train --kind wordpiece --vocab-size 30522 --lowercase --out tok/ corpus.txt

@@ -4,12 +4,14 @@ The pipelines come from `tokenizers.build_pipeline`, so what is trained here is 
 `AutoTokenizer` and transformers later run. WordPiece and byte-level BPE use the `tokenizers` trainers;
 the unigram kind uses `sentencepiece` itself, as ALBERT did (its character coverage matters on CJK text),
 and hands its pieces and scores to a `tokenizers` Unigram model.
+
+The input files are read exactly as ``corpus build`` reads them (`sources.FileSource`), so a tokenizer
+learns from the text its corpus store will hold: compression recognised by content, binary and empty
+files skipped with a warning, a truncated archive kept up to the damage, invalid UTF-8 replaced.
 """
 
 from __future__ import annotations
 
-import bz2
-import gzip
 import os
 import re
 from collections import Counter
@@ -20,6 +22,7 @@ from tokenizers import normalizers, pre_tokenizers, trainers
 from tokenizers.models import BPE, Unigram, WordPiece
 
 from ..errors import BertforgeError
+from .sources import BuildReport, FileSource, resolve_inputs
 from .tokenizers import (
     _CJK, KINDS, SPECIAL_TOKENS, Tokenizer, _jieba, build_pipeline, post_processor, special_added_tokens,
 )
@@ -28,58 +31,52 @@ from .tokenizers import (
 _WORDPIECE_ALPHABET = 1000
 
 
-def resolve_files(paths: Sequence[str | os.PathLike]) -> list[Path]:
-    """Expand directories (every file inside, sorted) and check each file can be read, before any long
-    work starts; a problem names the file."""
-    files: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
-            if not found:
-                raise BertforgeError(f"{p}: directory has no files")
-            files += found
-        elif p.exists():
-            files.append(p)
-        else:
-            raise BertforgeError(f"{p}: no such file")
-    if not files:
-        raise BertforgeError("no input files given")
-    for f in files:
-        try:
-            with open(f, "rb") as raw:
-                _open_binary(f, raw).read(1)
-        except (OSError, EOFError) as exc:
-            raise BertforgeError(f"{f}: cannot read ({exc.strerror or exc})") from None
-    return files
+class _Report(BuildReport):
+    """A build report shared by all passes over the text: each warning is printed once, not per pass."""
+
+    def warn(self, message: str) -> None:
+        if message not in self.warnings:
+            super().warn(message)
 
 
-def _open_binary(path: Path, raw):
-    """Byte stream of a plain, .gz or .bz2 file."""
-    if path.suffix == ".gz":
-        return gzip.GzipFile(fileobj=raw)
-    if path.suffix == ".bz2":
-        return bz2.BZ2File(raw)
-    return raw
+class TextInput:
+    """The input files, read as ``corpus build`` reads them, as often as a trainer needs.
+    ``lines_seen``: the non-empty lines the last pass yielded."""
 
+    def __init__(self, files: Sequence[str | os.PathLike]):
+        if not files:
+            raise BertforgeError("no input files given")
+        # Every input problem that can be found up front (missing file, empty directory, unreadable
+        # file) raises here, with corpus build's messages.
+        self.sources: list[FileSource] = resolve_inputs([str(f) for f in files])
+        self.report = _Report()
+        self.lines_seen = 0
 
-def iter_lines(files: Sequence[Path], progress: bool = True, desc: str = "reading") -> Iterator[str]:
-    """Non-empty, stripped lines of all files (invalid UTF-8 replaced, never fatal), with a progress bar
-    over the files' on-disk bytes."""
-    from tqdm.auto import tqdm
+    def describe(self) -> str:
+        names = [s.name for s in self.sources]
+        return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
-    done = 0
-    with tqdm(total=sum(f.stat().st_size for f in files), unit="B", unit_scale=True, desc=desc,
-              disable=not progress) as bar:
-        for f in files:
-            with open(f, "rb") as raw:
-                for i, line in enumerate(_open_binary(f, raw)):
-                    text = line.decode("utf-8", errors="replace").strip()
+    def no_text(self) -> BertforgeError:
+        return BertforgeError(f"no text found in {self.describe()} (see the warnings above)")
+
+    def lines(self, progress: bool = True, desc: str = "reading") -> Iterator[str]:
+        """Non-empty, stripped lines (long lines in pieces of at most ``sources.MAX_PIECE_BYTES``), with a
+        progress bar over the files' on-disk bytes."""
+        from tqdm.auto import tqdm
+
+        self.lines_seen = 0
+        start = self.report.raw_bytes
+        with tqdm(total=sum(s.size for s in self.sources), unit="B", unit_scale=True, desc=desc,
+                  disable=not progress) as bar:
+            for source in self.sources:
+                for i, piece in enumerate(source.pieces(self.report)):
+                    text = piece.text.strip()
                     if text:
+                        self.lines_seen += 1
                         yield text
                     if i % 4096 == 0:
-                        bar.update(done + raw.tell() - bar.n)
-            done += f.stat().st_size
-            bar.update(done - bar.n)
+                        bar.update(self.report.raw_bytes - start - bar.n)
+            bar.update(bar.total - bar.n)
 
 
 def train_tokenizer(
@@ -92,8 +89,9 @@ def train_tokenizer(
     character_coverage: float = 0.9995,
     progress: bool = True,
 ) -> Tokenizer:
-    """Train a ``kind`` tokenizer on ``files`` (plain text, .gz or .bz2; one or more sentences a line)
-    and, if ``out`` is given, save it there. Returns the loaded `Tokenizer`."""
+    """Train a ``kind`` tokenizer on ``files`` (files, directories or globs, read as ``corpus build``
+    reads them; one or more sentences a line) and, if ``out`` is given, save it there. Returns the
+    loaded `Tokenizer`."""
     if kind not in KINDS:
         raise BertforgeError(f"--kind {kind!r} is not one of {', '.join(KINDS)}")
     specials = list(SPECIAL_TOKENS[kind].values())
@@ -105,23 +103,23 @@ def train_tokenizer(
         raise BertforgeError(f"--character-coverage {character_coverage} must be between 0.9 and 1.0")
     if min_frequency < 1:
         raise BertforgeError(f"--min-frequency {min_frequency} must be at least 1")
-    paths = resolve_files(files)
+    text = TextInput(files)
     if out is not None and Path(out).exists() and not Path(out).is_dir():
         raise BertforgeError(f"{out}: exists and is not a directory")
     if kind == "chinese-word":
-        backend = _train_chinese_word(paths, vocab_size, lowercase, min_frequency, progress)
+        backend = _train_chinese_word(text, vocab_size, lowercase, min_frequency, progress)
     elif kind == "unigram":
-        backend = _train_unigram(paths, vocab_size, lowercase, character_coverage, progress)
+        backend = _train_unigram(text, vocab_size, lowercase, character_coverage, progress)
     elif kind == "bpe":
-        backend = _train_bpe(paths, vocab_size, min_frequency, progress)
+        backend = _train_bpe(text, vocab_size, min_frequency, progress)
     else:
-        backend = _train_wordpiece(kind, paths, vocab_size, lowercase, min_frequency, progress)
+        backend = _train_wordpiece(kind, text, vocab_size, lowercase, min_frequency, progress)
+    if not text.lines_seen:
+        raise text.no_text()
     got = backend.get_vocab_size(with_added_tokens=True)
     if got > vocab_size:
         raise BertforgeError(f"--vocab-size {vocab_size} is too small for this text: its characters and the "
                              f"special tokens alone need {got}; pass --vocab-size {got} or more")
-    if got <= len(specials):
-        raise BertforgeError(f"the input files hold no text to learn from ({', '.join(map(str, paths[:3]))})")
     tok = Tokenizer(backend, kind, SPECIAL_TOKENS[kind], config=_config(kind, lowercase))
     if out is not None:
         tok.save_pretrained(out)
@@ -137,19 +135,19 @@ def _config(kind: str, lowercase: bool) -> dict:
     return {"do_lower_case": lowercase, "strip_accents": None, "tokenize_chinese_chars": True}
 
 
-def _train_bpe(paths: list[Path], vocab_size: int, min_frequency: int, progress: bool):
+def _train_bpe(text: TextInput, vocab_size: int, min_frequency: int, progress: bool):
     """RoBERTa's byte-level BPE: all 256 bytes are in the alphabet, so nothing is ever unknown."""
     backend = build_pipeline("bpe", BPE(), lowercase=False)
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=special_added_tokens("bpe"),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=progress,
     )
-    backend.train_from_iterator(iter_lines(paths, progress), trainer=trainer)
+    backend.train_from_iterator(text.lines(progress), trainer=trainer)
     backend.post_processor = post_processor("bpe", backend)
     return backend
 
 
-def _train_wordpiece(kind: str, paths: list[Path], vocab_size: int, lowercase: bool, min_frequency: int,
+def _train_wordpiece(kind: str, text: TextInput, vocab_size: int, lowercase: bool, min_frequency: int,
                      progress: bool):
     """WordPiece for wordpiece and chinese-char. bert-base-chinese keeps every frequent character,
     English BERT about a thousand. The trainer adds a "##" form of each character seen inside a word on
@@ -164,7 +162,7 @@ def _train_wordpiece(kind: str, paths: list[Path], vocab_size: int, lowercase: b
             vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials,
             limit_alphabet=alphabet, show_progress=progress,
         )
-        backend.train_from_iterator(iter_lines(paths, progress), trainer=trainer)
+        backend.train_from_iterator(text.lines(progress), trainer=trainer)
         overflow = backend.get_vocab_size(with_added_tokens=True) - vocab_size
         if overflow <= 0 or alphabet <= 1:
             break
@@ -173,7 +171,7 @@ def _train_wordpiece(kind: str, paths: list[Path], vocab_size: int, lowercase: b
     return backend
 
 
-def _train_chinese_word(paths: list[Path], vocab_size: int, lowercase: bool, min_frequency: int, progress: bool):
+def _train_chinese_word(text: TextInput, vocab_size: int, lowercase: bool, min_frequency: int, progress: bool):
     """WoBERT (Su, 2020): the character vocabulary of bert-base-chinese plus the most frequent jieba
     words. Here: half the budget at most goes to words (WoBERT: 20k words on a 21k character vocab); the
     character WordPiece is trained on the rest, and any room it leaves goes to more words."""
@@ -182,12 +180,12 @@ def _train_chinese_word(paths: list[Path], vocab_size: int, lowercase: bool, min
         clean_text=True, handle_chinese_chars=False, strip_accents=None, lowercase=lowercase
     )
     counts: Counter[str] = Counter()
-    for line in iter_lines(paths, progress, desc="jieba words"):
+    for line in text.lines(progress, desc="jieba words"):
         counts.update(w for w in jieba.cut(norm.normalize_str(line), HMM=False)
                       if len(w) > 1 and all(_CJK.match(c) for c in w))
     words = [w for w, c in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if c >= min_frequency]
     n_words = min(len(words), vocab_size // 2)
-    chars = _train_wordpiece("chinese-char", paths, vocab_size - n_words, lowercase, min_frequency, progress)
+    chars = _train_wordpiece("chinese-char", text, vocab_size - n_words, lowercase, min_frequency, progress)
     vocab = chars.get_vocab(with_added_tokens=True)
     free = vocab_size - len(vocab)
     for w in words[:free]:
@@ -196,7 +194,7 @@ def _train_chinese_word(paths: list[Path], vocab_size: int, lowercase: bool, min
                           lowercase=lowercase)
 
 
-def _train_unigram(paths: list[Path], vocab_size: int, lowercase: bool, coverage: float, progress: bool):
+def _train_unigram(text: TextInput, vocab_size: int, lowercase: bool, coverage: float, progress: bool):
     """ALBERT's unigram vocabulary, trained by SentencePiece itself (ALBERT's own recipe: pad 0, unk 1,
     [CLS] [SEP] [MASK] as control symbols, no bos/eos), whose character coverage keeps rare CJK
     characters from crowding out pieces. SentencePiece sees text already normalized by our pipeline and
@@ -211,7 +209,7 @@ def _train_unigram(paths: list[Path], vocab_size: int, lowercase: bool, coverage
     specials = SPECIAL_TOKENS["unigram"]
     try:
         spm.SentencePieceTrainer.train(
-            sentence_iterator=(normalizer.normalize_str(line) for line in iter_lines(paths, progress)),
+            sentence_iterator=(normalizer.normalize_str(line) for line in text.lines(progress)),
             model_writer=model, model_type="unigram", vocab_size=vocab_size, hard_vocab_limit=False,
             character_coverage=coverage, normalization_rule_name="identity",
             pad_id=0, unk_id=1, bos_id=-1, eos_id=-1, pad_piece=specials["pad"], unk_piece=specials["unk"],
@@ -220,6 +218,8 @@ def _train_unigram(paths: list[Path], vocab_size: int, lowercase: bool, coverage
             minloglevel=0 if progress else 2,
         )
     except RuntimeError as exc:
+        if not text.lines_seen:
+            raise text.no_text() from None
         found = re.search(r"smaller than required_chars\. (\d+) vs (\d+)", str(exc))
         if found:
             raise BertforgeError(

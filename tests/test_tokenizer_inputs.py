@@ -1,0 +1,88 @@
+"""`tokenizer train` reads its input as `corpus build` does: compression by content, binary/empty files
+skipped with a warning, a truncated archive kept up to the damage, no text at all a one-line error."""
+
+from __future__ import annotations
+
+import gzip
+import lzma
+import random
+
+import pytest
+
+from bertforge import AutoTokenizer
+from bertforge.cli import main
+from bertforge.data.tokenizer_train import train_tokenizer
+from bertforge.errors import BertforgeError
+from test_tokenizers_minilm import peoples_daily, rotten_tomatoes
+
+PNG = b"\x89PNG\r\n\x1a\n" + random.Random(0).randbytes(4000)
+
+
+@pytest.fixture(scope="module")
+def texts(tmp_path_factory):
+    d = tmp_path_factory.mktemp("texts")
+    en = "\n".join(rotten_tomatoes(300)) + "\n"
+    zh = "\n".join("".join(words) for words in peoples_daily(200)) + "\n"
+    (d / "en.txt").write_text(en, encoding="utf-8")
+    (d / "zh.txt").write_text(zh, encoding="utf-8")
+    (d / "zh.txt.xz").write_bytes(lzma.compress(zh.encode()))
+    (d / "zh_gzip_named.txt").write_bytes(gzip.compress(zh.encode()))
+    (d / "zh_gbk.txt").write_bytes(zh.encode("gbk", errors="replace"))
+    whole = gzip.compress(en.encode() * 20)
+    (d / "cut.txt.gz").write_bytes(whole[: len(whole) // 2])
+    (d / "img.png").write_bytes(PNG)
+    (d / "blank.txt").write_text("  \n\t\n\n")
+    return d
+
+
+def _train_cli(capsys, *args) -> tuple[int, str, str]:
+    code = main(["tokenizer", "train", "--quiet", *map(str, args)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# ---- input ------------------------------------------------------------------------------------------------
+def _tokens(tok) -> set[str]:
+    # Token sets, not fingerprints: the trainers number "##" forms in a varying order from run to run.
+    return set(tok.convert_ids_to_tokens(list(range(tok.vocab_size))))
+
+
+def test_compressed_input_is_recognised_by_content(texts):
+    chars = set((texts / "zh.txt").read_text()) - {"\n"}
+    for name in ("zh.txt", "zh.txt.xz", "zh_gzip_named.txt"):
+        tok = train_tokenizer("chinese-char", [texts / name], 3000, progress=False)
+        assert {t for t in _tokens(tok) if len(t) == 1} == chars, name  # the text, not its compressed bytes
+
+
+def test_truncated_archive_keeps_its_text_with_a_warning(texts, tmp_path, capsys):
+    code, out, err = _train_cli(capsys, "--kind", "wordpiece", "--vocab-size", 300, "--out", tmp_path / "t",
+                                texts / "cut.txt.gz")
+    assert code == 0 and "Traceback" not in err
+    assert err.count("cut.txt.gz is truncated or corrupt") == 1  # once, though training reads the text twice
+    tok = AutoTokenizer.from_pretrained(tmp_path / "t")
+    assert tok.vocab_size == 300 and tok.unk_token_id not in tok("the film is funny")["input_ids"]
+
+
+@pytest.mark.parametrize("name, why", [("img.png", "PNG image"), ("zh_gbk.txt", "are not UTF-8"),
+                                       ("blank.txt", "has no text")])
+@pytest.mark.parametrize("kind", ["wordpiece", "bpe", "unigram"])
+def test_input_without_text_is_a_one_line_error(texts, tmp_path, capsys, kind, name, why):
+    code, out, err = _train_cli(capsys, "--kind", kind, "--vocab-size", 300, "--out", tmp_path / "t", texts / name)
+    warning, error = err.strip().splitlines()
+    assert code == 2 and name in warning and why in warning
+    assert error == f"bertforge: error: no text found in {texts / name} (see the warnings above)"
+    assert not (tmp_path / "t").exists()
+
+
+def test_binary_file_among_text_files_is_skipped(texts, tmp_path, capsys):
+    code, out, err = _train_cli(capsys, "--kind", "wordpiece", "--vocab-size", 300, "--out", tmp_path / "t",
+                                texts / "en.txt", texts / "img.png")
+    assert code == 0 and err.count("skipping") == 1 and "img.png: looks like PNG image" in err
+    english = set((texts / "en.txt").read_text())
+    assert {c for t in _tokens(AutoTokenizer.from_pretrained(tmp_path / "t")) if "[" not in t
+            for c in t.removeprefix("##")} <= english  # nothing learnt from the image's bytes
+
+
+def test_missing_input_names_the_file(texts, tmp_path):
+    with pytest.raises(BertforgeError, match="input file .*missing.txt does not exist"):
+        train_tokenizer("wordpiece", [texts / "en.txt", tmp_path / "missing.txt"], 300, progress=False)
