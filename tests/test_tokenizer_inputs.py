@@ -1,5 +1,9 @@
-"""`tokenizer train` reads its input as `corpus build` does: compression by content, binary/empty files
-skipped with a warning, a truncated archive kept up to the damage, no text at all a one-line error."""
+"""`tokenizer train` reads its input as `corpus build` does, and refuses vocabularies too small for the kind.
+
+Input: compression by content, binary/empty files skipped with a warning, a truncated archive kept up to
+the damage, no text at all a one-line error. Vocabulary: each kind's minimum refused with the number,
+and a vocabulary short of --vocab-size only when the text offers no more.
+"""
 
 from __future__ import annotations
 
@@ -86,3 +90,47 @@ def test_binary_file_among_text_files_is_skipped(texts, tmp_path, capsys):
 def test_missing_input_names_the_file(texts, tmp_path):
     with pytest.raises(BertforgeError, match="input file .*missing.txt does not exist"):
         train_tokenizer("wordpiece", [texts / "en.txt", tmp_path / "missing.txt"], 300, progress=False)
+
+
+# ---- vocabulary size --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind, small", [("wordpiece", 10), ("chinese-char", 20),
+                                         pytest.param("chinese-word", 20, marks=pytest.mark.slow)])
+def test_vocab_below_the_kinds_minimum_is_refused_with_the_minimum(texts, tmp_path, capsys, kind, small):
+    files = [texts / "en.txt", texts / "zh.txt"]
+    code, out, err = _train_cli(capsys, "--kind", kind, "--vocab-size", small, "--out", tmp_path / "t", *files)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and not (tmp_path / "t").exists()
+    minimum = int(err.split("at least ")[1].split()[0])
+    assert f"--vocab-size {small} is too small for {kind} on this text" in err and "special tokens" in err
+    with pytest.raises(BertforgeError, match=f"at least {minimum} "):
+        train_tokenizer(kind, files, minimum - 1, progress=False)
+    assert train_tokenizer(kind, files, minimum, progress=False).vocab_size == minimum
+
+
+def test_bpe_minimum_is_the_bytes_and_specials(texts):
+    with pytest.raises(BertforgeError, match=r"too small for bpe: at least 261 \(5 special tokens \+ 256 bytes\)"):
+        train_tokenizer("bpe", [texts / "en.txt"], 260, progress=False)
+
+
+def test_wordpiece_fills_the_vocabulary_exactly_when_the_text_allows(texts):
+    """The alphabet is chosen to fit: every size from the minimum up is met exactly (the old shrinking
+    loop fell short, or refused sizes it could have met)."""
+    files = [texts / "en.txt", texts / "zh.txt"]
+    with pytest.raises(BertforgeError, match="at least") as refused:
+        train_tokenizer("wordpiece", files, 6, progress=False)
+    minimum = int(str(refused.value).split("at least ")[1].split()[0])
+    for size in (minimum, minimum + 1, minimum + 37, minimum + 301, 1500):
+        tok = train_tokenizer("wordpiece", files, size, progress=False)
+        assert tok.vocab_size == size
+
+
+def test_short_vocabulary_message_says_why(texts, tmp_path, capsys):
+    """Only a text with nothing more to offer gives fewer tokens than asked, and the message says so."""
+    tiny = tmp_path / "tiny.txt"
+    tiny.write_text("a good film . a bad film .\n" * 10)
+    code, out, _ = _train_cli(capsys, "--kind", "wordpiece", "--vocab-size", 500, "--out", tmp_path / "t", tiny)
+    got = AutoTokenizer.from_pretrained(tmp_path / "t").vocab_size
+    assert code == 0 and got < 500
+    assert f": {got} tokens (the text has no more pieces seen at least --min-frequency 2 times)" in out
+    code, out, _ = _train_cli(capsys, "--kind", "wordpiece", "--vocab-size", 300, "--out", tmp_path / "u",
+                              texts / "en.txt")
+    assert code == 0 and ": 300 tokens, fingerprint" in out

@@ -337,8 +337,10 @@ def test_training_errors_name_the_problem(corpus, tmp_path):
 
 
 def test_small_wordpiece_vocab_fits_exactly(corpus, tmp_path):
-    tok = train_tokenizer("chinese-char", [corpus / "zh.txt.gz"], 300, progress=False)
-    assert tok.vocab_size == 300  # the alphabet shrank to fit (its rarest characters became [UNK])
+    tok = train_tokenizer("chinese-char", [corpus / "zh.txt.gz"], 1000, progress=False)
+    assert tok.vocab_size == 1000  # the alphabet shrank to fit (its rarest characters became [UNK])
+    chars = sorted({c for words in peoples_daily(500) for w in words for c in w})
+    assert len(chars) > 1000 and tok.unk_token_id in tok(" ".join(chars))["input_ids"]
 
 
 def test_cli_train_and_encode(corpus, tmp_path, capsys):

@@ -19,6 +19,9 @@ The output directory loads in bertforge.AutoTokenizer and transformers.AutoToken
 Input: read as `bertforge corpus build` reads it: text files, one or more sentences a line, or .jsonl
 records' "text" field; plain or .gz/.bz2/.xz compressed (recognised by content); directories are read
 recursively. Binary and empty files are skipped with a warning; no text at all is an error.
+Smallest --vocab-size: bpe 261 (5 special tokens + 256 bytes); wordpiece, chinese-char and chinese-word
+the special tokens + the characters making up 90% of the text (and their ## forms); unigram as many
+characters as --character-coverage asks for.
 
 examples:
   bertforge tokenizer train --kind wordpiece --vocab-size 30522 --lowercase --out tok/ corpus.txt
@@ -62,7 +65,10 @@ def run(args: argparse.Namespace) -> int:
             args.kind, args.files, args.vocab_size, out=args.out, lowercase=args.lowercase,
             min_frequency=args.min_frequency, character_coverage=args.character_coverage, progress=not args.quiet,
         )
-        note = "" if tok.vocab_size == args.vocab_size else f" (the text gave no more than {tok.vocab_size})"
+        note = ""
+        if tok.vocab_size < args.vocab_size:  # the trainers stop short only when the text offers nothing more
+            note = (" (SentencePiece found no more pieces in this text)" if args.kind == "unigram" else
+                    f" (the text has no more pieces seen at least --min-frequency {args.min_frequency} times)")
         print(f"wrote {args.kind} tokenizer to {args.out}: {tok.vocab_size} tokens{note}, "
               f"fingerprint {tok.fingerprint[:16]}")
         return 0

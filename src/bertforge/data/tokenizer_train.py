@@ -16,7 +16,7 @@ import os
 import re
 from collections import Counter
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 from tokenizers import normalizers, pre_tokenizers, trainers
 from tokenizers.models import BPE, Unigram, WordPiece
@@ -29,6 +29,10 @@ from .tokenizers import (
 
 # BERT's English vocabulary keeps about a thousand single characters; more would be rare symbols.
 _WORDPIECE_ALPHABET = 1000
+# A WordPiece vocabulary must hold the characters that make up this share of the text (with their ##
+# forms): with fewer, most words hold a character it lacks and encode as [UNK]. 0.9 is also the lowest
+# --character-coverage the unigram kind accepts.
+_WORDPIECE_MIN_COVERAGE = 0.9
 
 
 class _Report(BuildReport):
@@ -147,34 +151,115 @@ def _train_bpe(text: TextInput, vocab_size: int, min_frequency: int, progress: b
     return backend
 
 
+class _Alphabet(NamedTuple):
+    """The characters of a text as the WordPiece trainer sees them (after the kind's normalizer and
+    pre-tokenizer), most frequent first. ``cost[k]``: the tokens the first k characters take (each one,
+    plus its "##" form when it occurs inside a word). ``needed``: how many of them make up
+    _WORDPIECE_MIN_COVERAGE of the text (at most ``limit``). ``limit``: the most the kind keeps."""
+
+    chars: list[str]
+    cost: list[int]
+    needed: int
+    limit: int
+
+
+# After one of these a character starts a word (BertPreTokenizer splits at whitespace and punctuation,
+# the BERT normalizer isolates CJK ideographs); only ASCII and CJK punctuation are listed, which
+# covers nearly all text: a miss only misjudges a "##" form, which _train_wordpiece then corrects.
+_BREAK = (r"\s!-/:-@\[-`{-~"  # whitespace, ASCII punctuation
+          r"\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"  # CJK punctuation and ideographs
+          r"\uff01-\uff0f\uff1a-\uff20\uff3b-\uff40\uff5b-\uff65")  # full-width punctuation
+_INSIDE_WORD = re.compile(f"(?<=[^{_BREAK}])[^{_BREAK}]+")
+
+
+def _alphabet(kind: str, text: TextInput, lowercase: bool, progress: bool) -> _Alphabet:
+    # Counted on the raw text, then mapped through the normalizer one distinct character at a time (the
+    # BERT normalizer works character by character): pre-tokenizing every line from Python would take
+    # several times as long as training itself.
+    raw: Counter[str] = Counter()
+    raw_inside: set[str] = set()
+    for line in text.lines(progress, desc="counting characters"):
+        raw.update(line)
+        raw_inside.update("".join(_INSIDE_WORD.findall(line)))
+    pipeline = build_pipeline(kind, WordPiece(unk_token=SPECIAL_TOKENS[kind]["unk"]), lowercase=lowercase)
+    norm, pre = pipeline.normalizer, pipeline.pre_tokenizer
+    total: Counter[str] = Counter()
+    inside: set[str] = set()
+    for c, n in raw.items():
+        prev_in_word = c in raw_inside
+        for x in norm.normalize_str(c):  # "" for a control character, " 中 " for an ideograph
+            in_word = len(pre.pre_tokenize_str(f"a{x}a")) == 1  # not whitespace or punctuation
+            if not x.isspace():
+                total[x] += n
+            if in_word and prev_in_word:
+                inside.add(x)
+            prev_in_word = in_word
+    chars = sorted(total, key=lambda c: (-total[c], c))
+    cost, covered, needed, enough = [0], 0, 0, _WORDPIECE_MIN_COVERAGE * sum(total.values())
+    for c in chars:
+        cost.append(cost[-1] + 1 + (c in inside))
+        if covered < enough:
+            covered += total[c]
+            needed += 1
+    # English BERT keeps about a thousand characters; bert-base-chinese every frequent one.
+    limit = len(chars) if kind == "chinese-char" else min(len(chars), _WORDPIECE_ALPHABET)
+    return _Alphabet(chars, cost, min(needed, limit), limit)
+
+
+def _minimum_vocab(kind: str, alphabet: _Alphabet, vocab_size: int | None = None, name: str | None = None) -> int:
+    """The smallest vocabulary a WordPiece kind can have on this text; with ``vocab_size``, refuse a
+    smaller one, saying why (``name``: the kind as the user gave it)."""
+    specials, k = len(SPECIAL_TOKENS[kind]), alphabet.needed
+    minimum = specials + alphabet.cost[k]
+    if vocab_size is not None and vocab_size < minimum:
+        raise BertforgeError(
+            f"--vocab-size {vocab_size} is too small for {name or kind} on this text: at least {minimum} "
+            f"({specials} special tokens + the {k} most frequent characters, {_WORDPIECE_MIN_COVERAGE:.0%} of "
+            f"the text, + {alphabet.cost[k] - k} '##' forms of them; with fewer, most words would be [UNK])")
+    return minimum
+
+
 def _train_wordpiece(kind: str, text: TextInput, vocab_size: int, lowercase: bool, min_frequency: int,
-                     progress: bool):
+                     progress: bool, alphabet: _Alphabet | None = None):
     """WordPiece for wordpiece and chinese-char. bert-base-chinese keeps every frequent character,
     English BERT about a thousand. The trainer adds a "##" form of each character seen inside a word on
-    top of the alphabet, so a small vocabulary can overflow: then the alphabet shrinks by the overflow
-    (its rarest characters go) and training runs again."""
+    top of the alphabet, so the alphabet is chosen here, most frequent characters first, as large as
+    fits the vocabulary (its rarest characters become [UNK]), and handed to the trainer as is."""
+    if alphabet is None:
+        alphabet = _alphabet(kind, text, lowercase, progress)
+    if not alphabet.chars:
+        raise text.no_text()
+    _minimum_vocab(kind, alphabet, vocab_size)
     specials = special_added_tokens(kind)
-    budget = vocab_size - len(specials)
-    alphabet = budget if kind == "chinese-char" else min(_WORDPIECE_ALPHABET, budget)
+    k = max(k for k in range(alphabet.needed, alphabet.limit + 1) if len(specials) + alphabet.cost[k] <= vocab_size)
     for _ in range(4):
         backend = build_pipeline(kind, WordPiece(unk_token=SPECIAL_TOKENS[kind]["unk"]), lowercase=lowercase)
+        # initial_alphabet outranks every counted character, so the trainer keeps exactly these k.
         trainer = trainers.WordPieceTrainer(
             vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials,
-            limit_alphabet=alphabet, show_progress=progress,
+            initial_alphabet=alphabet.chars[:k], limit_alphabet=k, show_progress=progress,
         )
         backend.train_from_iterator(text.lines(progress), trainer=trainer)
-        overflow = backend.get_vocab_size(with_added_tokens=True) - vocab_size
-        if overflow <= 0 or alphabet <= 1:
+        # The "##" forms counted above can be off by a few: correct the alphabet by the difference, so that
+        # a vocabulary short of vocab_size means the text gave no more pieces. A character takes one or two
+        # tokens, so neither step overshoots; with exact counts a vocabulary short by two or more already
+        # holds the whole alphabet.
+        missing = vocab_size - backend.get_vocab_size(with_added_tokens=True)
+        if missing >= 2 and k < alphabet.limit:
+            k = min(alphabet.limit, k + missing // 2)
+        elif missing < 0 and k > alphabet.needed:
+            k = max(alphabet.needed, k + missing)
+        else:
             break
-        alphabet = max(1, alphabet - overflow)
     backend.post_processor = post_processor(kind, backend)
     return backend
 
 
 def _train_chinese_word(text: TextInput, vocab_size: int, lowercase: bool, min_frequency: int, progress: bool):
     """WoBERT (Su, 2020): the character vocabulary of bert-base-chinese plus the most frequent jieba
-    words. Here: half the budget at most goes to words (WoBERT: 20k words on a 21k character vocab); the
-    character WordPiece is trained on the rest, and any room it leaves goes to more words."""
+    words. Here: half the budget at most goes to words (WoBERT: 20k words on a 21k character vocab), less
+    when the characters need more; the character WordPiece is trained on the rest, and any room it
+    leaves goes to more words."""
     jieba = _jieba()
     norm = normalizers.BertNormalizer(
         clean_text=True, handle_chinese_chars=False, strip_accents=None, lowercase=lowercase
@@ -184,8 +269,13 @@ def _train_chinese_word(text: TextInput, vocab_size: int, lowercase: bool, min_f
         counts.update(w for w in jieba.cut(norm.normalize_str(line), HMM=False)
                       if len(w) > 1 and all(_CJK.match(c) for c in w))
     words = [w for w, c in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if c >= min_frequency]
-    n_words = min(len(words), vocab_size // 2)
-    chars = _train_wordpiece("chinese-char", text, vocab_size - n_words, lowercase, min_frequency, progress)
+    alphabet = _alphabet("chinese-char", text, lowercase, progress)
+    if not alphabet.chars:
+        raise text.no_text()
+    n_words = min(len(words), vocab_size // 2,
+                  vocab_size - _minimum_vocab("chinese-char", alphabet, vocab_size, name="chinese-word"))
+    chars = _train_wordpiece("chinese-char", text, vocab_size - n_words, lowercase, min_frequency, progress,
+                             alphabet)
     vocab = chars.get_vocab(with_added_tokens=True)
     free = vocab_size - len(vocab)
     for w in words[:free]:
