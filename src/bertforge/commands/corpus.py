@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 
 HELP = "build a tokenized, memory-mapped corpus store from raw text; show its statistics"
 DESCRIPTION = """Turn raw text into a corpus store that every pretraining recipe reads (see docs/corpus.md).
@@ -57,23 +58,34 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     sp.add_argument("--seed", type=int, default=0)
 
 
-def _terminate(signum, frame):  # SIGTERM cleans up like Ctrl-C: the half-built store is removed
+def _interrupt_once(signum, frame):
+    """SIGTERM cleans up like Ctrl-C: the half-built store is removed. Signals after the first are ignored:
+    `timeout -s INT` signals the process and then its group, an impatient user presses Ctrl-C twice, and
+    either would otherwise break off the cleanup (leaving the temporary store) or hang the exit."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 
 def run(args: argparse.Namespace) -> int:
-    import signal
     import time
 
     from ..data.corpus import CorpusStore, build_corpus, corpus_stats, format_stats, resplit
 
     if args.action == "build":
-        signal.signal(signal.SIGTERM, _terminate)
+        previous = {sig: signal.signal(sig, _interrupt_once) for sig in (signal.SIGINT, signal.SIGTERM)}
         start = time.perf_counter()
-        store = build_corpus(args.out, args.tokenizer, args.inputs, sources=args.source, workers=args.workers,
-                             document_per=args.document_per, text_field=args.text_field, input_format=args.format,
-                             validation_fraction=args.validation_fraction, seed=args.seed,
-                             overwrite=args.overwrite, progress=not args.quiet)
+        try:
+            store = build_corpus(args.out, args.tokenizer, args.inputs, sources=args.source, workers=args.workers,
+                                 document_per=args.document_per, text_field=args.text_field,
+                                 input_format=args.format, validation_fraction=args.validation_fraction,
+                                 seed=args.seed, overwrite=args.overwrite, progress=not args.quiet)
+        finally:
+            # After an interrupt the signals stay ignored: the process is exiting, and a late second Ctrl-C
+            # would only interrupt the interpreter's shutdown with a traceback.
+            if signal.getsignal(signal.SIGINT) is _interrupt_once:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
         seconds = time.perf_counter() - start
         c = store.manifest["counts"]
         report = {k: v for k, v in store.manifest["build_report"].items() if k != "warnings" and v}

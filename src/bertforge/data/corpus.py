@@ -200,12 +200,14 @@ def build_corpus(
                desc=f"corpus build ({workers} workers)", disable=not progress, file=sys.stderr)
     try:
         writer = _Writer(tmp, dtype, vocab_size, specials["unk"])
-        chunks = _chunks(srcs, report)
-        for result, flags, raw_pos, chars in _encode_in_order(chunks, tokenizer, tok, workers):
-            writer.add(result, flags)
-            writer.characters += chars
-            bar.update(raw_pos - bar.n)
-            bar.set_postfix(tokens=f"{writer.num_tokens:,}", refresh=False)
+        # closing(): on an error or Ctrl-C the generator stops its worker processes now, not whenever it is
+        # garbage-collected (possibly during the interpreter's shutdown, where the pool's threads hang).
+        with contextlib.closing(_encode_in_order(_chunks(srcs, report), tokenizer, tok, workers)) as encoded:
+            for result, flags, raw_pos, chars in encoded:
+                writer.add(result, flags)
+                writer.characters += chars
+                bar.update(raw_pos - bar.n)
+                bar.set_postfix(tokens=f"{writer.num_tokens:,}", refresh=False)
         bar.update(bar.total - bar.n)
         writer.close()
         if writer.num_tokens == 0:
@@ -305,9 +307,17 @@ def _chunks(sources: Iterable[Source], report: BuildReport) -> Iterator[tuple[li
 _WORKER_TOKENIZER: Any = None
 
 
+# Signals only the main process handles: it cleans up and then kills the workers. A Ctrl-C in a terminal,
+# `timeout -s INT` and a service manager's SIGTERM reach the whole process group, workers included.
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 def _init_worker(tokenizer: Any) -> None:
     global _WORKER_TOKENIZER
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle (it cleans up)
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):  # blocked since the spawn (_stop_signals_blocked); pending ones are dropped
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one core per worker process; no thread oversubscription
     _WORKER_TOKENIZER = load_tokenizer(tokenizer)
 
@@ -373,27 +383,55 @@ def _encode_in_order(chunks: Iterator[tuple[list[Piece], int]], tokenizer: Any, 
             tok.save_pretrained(tok_dir)
         # spawn, not fork: the parent holds a Rust tokenizer (its thread pool must not be forked) and a
         # progress-bar thread; spawn behaves the same on every platform.
-        pool = stack.enter_context(ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                                       initializer=_init_worker, initargs=(str(tok_dir),)))
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_init_worker, initargs=(str(tok_dir),))
         pending: deque = deque()
         try:
             for pieces, pos in chunks:
                 flags, chars = meta(pieces)
-                pending.append((pool.submit(_encode_in_worker, pieces), flags, pos, chars))
+                with _stop_signals_blocked():  # submit() starts the worker processes
+                    fut = pool.submit(_encode_in_worker, pieces)
+                pending.append((fut, flags, pos, chars))
                 if len(pending) >= 2 * workers + 2:
                     fut, *rest = pending.popleft()
                     yield fut.result(), *rest
             while pending:
                 fut, *rest = pending.popleft()
                 yield fut.result(), *rest
-        except BrokenProcessPool:
-            raise BertforgeError(
-                "a corpus worker process died (killed, out of memory, or a script that calls build_corpus "
-                "without an `if __name__ == '__main__':` guard); rerun with workers=0 to see the error here"
-            ) from None
-        except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
+        except BaseException as exc:  # Ctrl-C, an error, or the consumer closing this generator
+            _kill_workers(pool)
+            if isinstance(exc, BrokenProcessPool):
+                raise BertforgeError(
+                    "a corpus worker process died (killed, out of memory, or a script that calls build_corpus "
+                    "without an `if __name__ == '__main__':` guard); rerun with workers=0 to see the error here"
+                ) from None
             raise
+        pool.shutdown()  # every chunk is done: the workers are idle and exit at once
+
+
+@contextlib.contextmanager
+def _stop_signals_blocked() -> Iterator[None]:
+    """Block SIGINT and SIGTERM in this thread while worker processes may start. A child inherits the mask,
+    so a signal sent to the process group during its imports waits until _init_worker ignores it, instead of
+    killing it with a traceback. In this process a blocked signal is only delayed, not lost."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _kill_workers(pool: Any) -> None:
+    """Stop a pool at once: cancel the queued chunks and kill the workers mid-chunk. shutdown(wait=True)
+    would wait for the running chunks (tens of seconds on long lines), and a pool whose workers never
+    finish makes the interpreter's exit hang joining them."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # no public handle before Python 3.14
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in processes:
+        p.kill()  # SIGKILL: the workers ignore SIGINT and SIGTERM
 
 
 class _Writer:

@@ -229,12 +229,12 @@ class TextFile:
         with open(self.path, "rb", buffering=0) as f:
             raw = _HashingReader(f, report)
             stream = io.BufferedReader(raw, 1 << 16)
-            try:
-                yield from self._decoded_lines(stream)
-            finally:
-                while stream.read(1 << 20):  # finish the checksum over the whole file
-                    pass
-                self.sha256 = raw.sha256.hexdigest()
+            yield from self._decoded_lines(stream)
+            # Finish the checksum over the whole file (a skipped binary, a truncated archive), but only when
+            # reading ended normally: after a Ctrl-C or an error, reading the rest would only delay the exit.
+            while stream.read(1 << 20):
+                pass
+            self.sha256 = raw.sha256.hexdigest()
 
     def _decoded_lines(self, stream: io.BufferedReader) -> Iterator[tuple[str, bool, bool]]:
         report = self.report
