@@ -34,6 +34,7 @@ def files_of(path: Path) -> dict[str, bytes]:
     return {str(f.relative_to(path)): f.read_bytes() for f in sorted(path.rglob("*")) if f.is_file()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signals", [(signal.SIGINT, signal.SIGINT), (signal.SIGTERM,)], ids=["int-twice", "term"])
 def test_signals_to_the_process_group_end_the_build_promptly(setup, signals):
     root = setup
