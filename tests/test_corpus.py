@@ -247,3 +247,17 @@ def test_a_loaded_tokenizer_object_works_with_workers(tmp_path, wordpiece, corpu
     by_object = build(tmp_path, AutoTokenizer.from_pretrained(wordpiece), [f], "by_object", workers=1)
     assert files_of(by_dir.path) == files_of(by_object.path)
     assert by_object.manifest["counts"]["characters"] == sum(map(len, f.read_text().split("\n")))
+
+
+def test_rebuilding_a_store_inside_its_input_directory_does_not_read_the_old_store(tmp_path, wordpiece, corpus):
+    f, docs = corpus
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "docs.txt").write_bytes(f.read_bytes())
+    args = ["corpus", "build", str(tmp_path / "data"), "--tokenizer", str(wordpiece), "--out",
+            str(tmp_path / "data" / "x.store"), "--workers", "0", "--quiet", "--document-per", "block"]
+    assert cli(args) == 0
+    first = files_of(tmp_path / "data" / "x.store")
+    assert cli([*args, "--overwrite"]) == 0  # x.store now sits in the input directory
+    store = CorpusStore(tmp_path / "data" / "x.store")
+    assert [s["path"] for s in store.manifest["sources"]] == [str(tmp_path / "data" / "docs.txt")]
+    assert store.num_docs == len(docs) and files_of(store.path) == first

@@ -190,6 +190,25 @@ def test_directories_globs_and_errors_before_any_work(tmp_path):
         resolve_inputs([str(tmp_path / "d")], document_per="page")
 
 
+
+def test_directories_and_globs_skip_corpus_stores_and_the_output(tmp_path):
+    d = tmp_path / "d"
+    for name in ("a.txt", "c.store/manifest.json", "c.store/tokenizer/vocab.txt", "c.store.tmp-0badcafe/tokens.bin",
+                 "c.store.old-12345678/manifest.json", "out/notes.txt", "sub/b.txt"):
+        (d / name).parent.mkdir(parents=True, exist_ok=True)
+        (d / name).write_text("x\n")
+    names = lambda srcs: [s.path.relative_to(d).as_posix() for s in srcs]  # noqa: E731
+    assert names(resolve_inputs([str(d)], skip=[d / "out"])) == ["a.txt", "sub/b.txt"]
+    assert names(resolve_inputs([str(d / "**" / "*.txt")], skip=[d / "out"])) == ["a.txt", "sub/b.txt"]
+    # Naming a file inside a store is deliberate; naming the store itself is a mistake.
+    assert names(resolve_inputs([str(d / "c.store" / "tokenizer" / "*.txt")])) == ["c.store/tokenizer/vocab.txt"]
+    with pytest.raises(BertforgeError, match="c.store is a corpus store, not text"):
+        resolve_inputs([str(d / "c.store")])
+    (tmp_path / "only").mkdir()
+    (d / "c.store").rename(tmp_path / "only" / "c.store")
+    with pytest.raises(BertforgeError, match="contains no files besides the corpus store"):
+        resolve_inputs([str(tmp_path / "only")])
+
 def test_unreadable_file_is_an_error_at_start(tmp_path, monkeypatch):
     f = tmp_path / "locked.txt"
     f.write_text("x")

@@ -184,7 +184,7 @@ def build_corpus(
     if workers < 0:
         raise BertforgeError(f"workers={workers}: expected 0 (tokenize in this process) or more")
     srcs: list[Source] = [named_source(s) for s in sources]
-    srcs += resolve_inputs([str(p) for p in inputs], document_per, text_field, input_format)
+    srcs += resolve_inputs([str(p) for p in inputs], document_per, text_field, input_format, skip=[out])
     if not srcs:
         raise BertforgeError("no input: give files, directories or globs, or --source NAME")
     _check_output(out, overwrite)

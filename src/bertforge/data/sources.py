@@ -23,13 +23,14 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import io
+import itertools
 import json
 import lzma
 import os
 import re
 import sys
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -450,28 +451,72 @@ def _format_of(path: Path) -> str:
     return "jsonl" if suffixes and suffixes[-1] in (".jsonl", ".ndjson") else "text"
 
 
+# A corpus store being built (``OUT.tmp-<hex>``, see bertforge.data.corpus) or moved aside while it is replaced.
+_BUILD_DIR = re.compile(r".\.(tmp|old)-[0-9a-f]{8}$")
+
+
+def _is_store_dir(path: Path) -> bool:
+    """A corpus store (its manifest.json, see bertforge.data.corpus) or one that a build is writing: its
+    token arrays and tokenizer copy are not text to read."""
+    return (path / "manifest.json").is_file() or bool(_BUILD_DIR.search(path.name))
+
+
+def _files_below(root: Path, skip: set[Path], skipped: list[Path]) -> list[Path]:
+    """Files under ``root``, sorted, without hidden files and directories, corpus stores and ``skip``
+    (appended to ``skipped``)."""
+    found = []
+    for top, dirs, files in os.walk(root):
+        here = Path(top)
+        for name in list(dirs):
+            d = here / name
+            if name.startswith(".") or d.resolve() in skip or _is_store_dir(d):
+                dirs.remove(name)
+                if not name.startswith("."):
+                    skipped.append(d)
+        found += [here / f for f in files if not f.startswith(".") and (here / f).is_file()]
+    return sorted(found)
+
+
+def _in_store(path: Path, root: Path, skip: set[Path]) -> bool:
+    """``path`` lies in a corpus store (or in ``skip``) somewhere below ``root``."""
+    return any(d.resolve() in skip or _is_store_dir(d) for d in path.parents if root in d.parents)
+
+
 def resolve_inputs(items: list[str], document_per: str = "line", text_field: str = "text",
-                   fmt: str = "auto") -> list[FileSource]:
+                   fmt: str = "auto", skip: Sequence[str | os.PathLike] = ()) -> list[FileSource]:
     """Expand files, directories (recursively; hidden files skipped) and globs into sources, in a stable
     order. Every problem is raised here, before any long work: a missing path, a glob matching nothing,
-    an unreadable file, a directory with no files."""
+    an unreadable file, a directory with no files.
+
+    A directory or glob never yields the files of a corpus store in it (its arrays, manifest and tokenizer
+    copy), finished or being built, nor anything under ``skip`` (the build's output): ``corpus build data/
+    --out data/c.store --overwrite`` must not read the old store as text."""
     if document_per not in DOCUMENT_PER:
         raise BertforgeError(f"document_per={document_per!r} is not one of {', '.join(DOCUMENT_PER)}")
     if fmt not in FORMATS:
         raise BertforgeError(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
+    skip_set = {Path(s).resolve() for s in skip}
     paths: list[Path] = []
     for item in items:
         p = Path(item)
         if any(c in item for c in "*?[") and not p.exists():
-            matches = sorted(Path(m) for m in glob.glob(item, recursive=True) if Path(m).is_file())
+            # Only stores below the glob's literal part are skipped: 'c.store/tokenizer/*.txt' is deliberate.
+            literal = Path(*[part for part in itertools.takewhile(lambda q: not any(c in q for c in "*?["),
+                                                                   p.parts)])
+            matches = sorted(m for m in (Path(m) for m in glob.glob(item, recursive=True))
+                             if m.is_file() and not _in_store(m, literal, skip_set))
             if not matches:
-                raise BertforgeError(f"input glob {item!r} matches no files")
+                raise BertforgeError(f"input glob {item!r} matches no files (corpus stores are skipped)")
             paths += matches
         elif p.is_dir():
-            found = sorted(q for q in p.rglob("*") if q.is_file()
-                           and not any(part.startswith(".") for part in q.relative_to(p).parts))
+            if _is_store_dir(p):
+                raise BertforgeError(f"input directory {item} is a corpus store, not text; give the text files "
+                                     "it was built from")
+            skipped: list[Path] = []
+            found = _files_below(p, skip_set, skipped)
             if not found:
-                raise BertforgeError(f"input directory {item} contains no files")
+                also = f" besides the corpus store(s) {', '.join(map(str, skipped))}" if skipped else ""
+                raise BertforgeError(f"input directory {item} contains no files{also}")
             paths += found
         elif p.exists():
             paths.append(p)
