@@ -261,3 +261,18 @@ def test_rebuilding_a_store_inside_its_input_directory_does_not_read_the_old_sto
     store = CorpusStore(tmp_path / "data" / "x.store")
     assert [s["path"] for s in store.manifest["sources"]] == [str(tmp_path / "data" / "docs.txt")]
     assert store.num_docs == len(docs) and files_of(store.path) == first
+
+
+def test_a_tokenizer_that_does_not_fit_the_text_is_warned_about(tmp_path, wordpiece, corpus, capsys):
+    f, _ = corpus
+    fitting = build(tmp_path, wordpiece, [f], "fitting")
+    assert fitting.manifest["counts"]["unk_rate"] < 0.05 and not fitting.manifest["build_report"]["warnings"]
+    assert "unknown token" not in capsys.readouterr().err
+    zh = tmp_path / "zh.txt"
+    zh.write_text("今天天气很好。我们去公园散步吧！\n他说：“明天见。”\n", encoding="utf-8")
+    store = build(tmp_path, wordpiece, [zh], "mismatched")  # an English wordpiece vocabulary on Chinese
+    c = store.manifest["counts"]
+    assert c["unk_rate"] == pytest.approx(c["unk_tokens"] / c["tokens"], abs=1e-6) and c["unk_rate"] > 0.5
+    err = [line for line in capsys.readouterr().err.splitlines() if "unknown token" in line]
+    assert len(err) == 1 and f"{c['unk_rate']:.1%} of the tokens are the unknown token [UNK]" in err[0]
+    assert "does not fit this text" in err[0] and store.manifest["build_report"]["warnings"] == [err[0].removeprefix("bertforge: warning: ")]

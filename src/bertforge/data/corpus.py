@@ -47,6 +47,9 @@ SPLITS = ("train", "validation")
 # Characters of text per unit of work sent to a worker: large enough that pickling is noise, small
 # enough that the progress bar moves and that 2 * workers chunks in flight cost a few MB.
 CHUNK_CHARS = 1 << 18
+# More unknown tokens than this share means the tokenizer was made for other text: a model trained on the
+# store would mostly learn to predict the unknown token. A fitting tokenizer stays well below 1%.
+UNK_WARN_RATE = 0.05
 
 
 def _data_files(dtype: str, t: int, s: int, d: int) -> dict[str, tuple[str, int]]:
@@ -213,6 +216,11 @@ def build_corpus(
         if writer.num_tokens == 0:
             raise BertforgeError(f"no text found in {', '.join(s.name for s in srcs)} (see the warnings above)")
         report.counts["empty_documents"] += writer.empty_docs
+        unk_rate = writer.unk_tokens / writer.num_tokens
+        if unk_rate > UNK_WARN_RATE:
+            report.warn(f"{unk_rate:.1%} of the tokens are the unknown token {tok.unk_token}: the tokenizer "
+                        f"({tok.kind}, vocab {vocab_size:,}) does not fit this text (another language or script?); "
+                        "train one on it with `bertforge tokenizer train`")
         split = split_documents(writer.num_docs, validation_fraction, seed)
         # The store carries its tokenizer: training finds it without being told, and a model exported from
         # the run ships with exactly the tokenizer its ids came from.
@@ -230,8 +238,8 @@ def build_corpus(
             "num_sents": writer.num_sents,
             "num_docs": writer.num_docs,
             "counts": {"documents": writer.num_docs, "sentences": writer.num_sents, "tokens": writer.num_tokens,
-                       "unk_tokens": writer.unk_tokens, "characters": writer.characters,
-                       "input_bytes": sum(s.size for s in srcs)},
+                       "unk_tokens": writer.unk_tokens, "unk_rate": round(unk_rate, 6),
+                       "characters": writer.characters, "input_bytes": sum(s.size for s in srcs)},
             "split": {"seed": seed, "validation_fraction": validation_fraction,
                       "train_docs": int((split == 0).sum()), "validation_docs": int((split == 1).sum())},
             "options": {"document_per": document_per, "text_field": text_field, "input_format": input_format,
