@@ -275,4 +275,5 @@ def test_a_tokenizer_that_does_not_fit_the_text_is_warned_about(tmp_path, wordpi
     assert c["unk_rate"] == pytest.approx(c["unk_tokens"] / c["tokens"], abs=1e-6) and c["unk_rate"] > 0.5
     err = [line for line in capsys.readouterr().err.splitlines() if "unknown token" in line]
     assert len(err) == 1 and f"{c['unk_rate']:.1%} of the tokens are the unknown token [UNK]" in err[0]
-    assert "does not fit this text" in err[0] and store.manifest["build_report"]["warnings"] == [err[0].removeprefix("bertforge: warning: ")]
+    assert "does not fit this text" in err[0]
+    assert store.manifest["build_report"]["warnings"] == [err[0].removeprefix("bertforge: warning: ")]
