@@ -174,6 +174,59 @@ def test_word2vec_neighbours_have_the_same_length():
     assert one[0] != 20 and one[0] not in (10, 11, 12, 13)
 
 
+
+@pytest.fixture
+def small_store(tmp_path):
+    from bertforge.data.corpus import build_corpus
+    from bertforge.data.tokenizer_train import train_tokenizer
+
+    rng = np.random.default_rng(0)
+    words = "the a cat dog sat ran on under mat rug big small red blue".split()
+    text = tmp_path / "text.txt"
+    text.write_text("\n".join(" ".join(rng.choice(words, 8)) + "." for _ in range(400)) + "\n")
+    train_tokenizer("wordpiece", [text], 100, out=tmp_path / "tok", progress=False)
+    return build_corpus(tmp_path / "c.store", tmp_path / "tok", [text], workers=0, progress=False)
+
+
+W2V = dict(vector_size=8, min_count=2, epochs=2, min_similarity=0.0)
+
+
+def test_word2vec_table_is_cached_in_the_store_and_shows_progress(small_store, monkeypatch, capsys):
+    from bertforge.data.corpus import resplit
+
+    first = SimilarWords.from_word2vec(small_store, **W2V)
+    err = capsys.readouterr().err
+    assert "word2vec (similar words): 100%" in err  # the bar counts every pass gensim makes over the store
+    cached = list(small_store.path.glob("similar-word2vec-*.npz"))
+    assert len(cached) == 1 and len(first) > 0
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained again instead of loading the cache")
+
+    with monkeypatch.context() as m:  # a resume: the same store and settings load the table
+        m.setattr(SimilarWords, "_word2vec", classmethod(no_training))
+        again = SimilarWords.from_word2vec(small_store, **W2V)
+    for name in ("keys", "length", "ptr", "cand_start", "tokens"):
+        assert np.array_equal(getattr(again, name), getattr(first, name))
+    # Other settings, or the same store with another split, are other tables.
+    SimilarWords.from_word2vec(small_store, **dict(W2V, epochs=1), progress=False)
+    SimilarWords.from_word2vec(resplit(small_store.path, 0.2, seed=3), **W2V, progress=False)
+    assert len(list(small_store.path.glob("similar-word2vec-*.npz"))) == 3
+    # A damaged cache is computed again and replaced.
+    cached[0].write_bytes(b"not an npz")
+    repaired = SimilarWords.from_word2vec(small_store, **W2V, progress=False)
+    assert np.array_equal(repaired.tokens, first.tokens) and SimilarWords.load(cached[0]).keys.size
+
+
+def test_word2vec_on_a_store_that_cannot_be_written_still_works(small_store, monkeypatch, capsys):
+    def read_only(self, path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(SimilarWords, "save", read_only)
+    table = SimilarWords.from_word2vec(small_store, **W2V, progress=False)
+    assert len(table) > 0 and not list(small_store.path.glob("similar-word2vec-*"))
+    assert capsys.readouterr().err == ""
+
 def test_chinese_whole_words_come_from_the_segmenter():
     """Character tokens with jieba's word starts: whole-word masking takes whole jieba words."""
     import jieba

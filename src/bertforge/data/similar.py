@@ -6,7 +6,9 @@ table here:
 
 - ``SimilarWords.from_synonyms_file(path, tokenizer)``: one line per word, ``word sim1 sim2 ...``;
 - ``SimilarWords.from_word2vec(store)``: gensim Word2Vec trained on the corpus store's own words, each
-  word's nearest neighbours by cosine similarity.
+  word's nearest neighbours by cosine similarity. Training takes about half a minute per 2M tokens, so
+  the table is cached in the store directory, keyed by the store's checksums and the settings: a second
+  run or a resume on the same store loads it.
 
 A word is its token-id sequence. Only candidates with as many tokens as the word are kept (a replacement
 must not shift the sequence), so a Chinese 2-character word gets 2-character synonyms. The table is
@@ -16,9 +18,12 @@ a few gathers; ``save``/``load`` use ``.npz`` without pickle.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import zlib
 from collections import defaultdict
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -27,6 +32,9 @@ from tqdm import tqdm
 from ..errors import BertforgeError
 from ..files import atomic_path
 from .masking import _GOLDEN, _expand, _mix
+
+# Bump when the word2vec table or its training changes, so that caches written before are not used.
+_CACHE_VERSION = 1
 
 _BASE = np.uint64(0x100000001B3)  # FNV-1a's 64-bit prime, here the base of a polynomial hash
 _POWERS = np.concatenate([[np.uint64(1)], np.cumprod(np.full(4095, _BASE, dtype=np.uint64))])  # _BASE**k mod 2**64
@@ -117,16 +125,45 @@ class SimilarWords:
     @classmethod
     def from_word2vec(cls, store: Any, split: str | None = "train", top_k: int = 10, min_similarity: float = 0.5,
                       vector_size: int = 100, window: int = 5, min_count: int = 5, epochs: int = 5,
-                      seed: int = 0, workers: int = 1) -> "SimilarWords":
+                      seed: int = 0, workers: int = 1, progress: bool = True, cache: bool = True) -> "SimilarWords":
         """Train gensim Word2Vec (skip-gram) on the store's words (runs of tokens from one word_start flag to
         the next) and keep each word's ``top_k`` nearest neighbours of the same token length with cosine
-        similarity >= ``min_similarity``. ``workers=1`` keeps training reproducible for a seed."""
+        similarity >= ``min_similarity``. ``workers=1`` keeps training reproducible for a seed.
+
+        ``cache``: keep the table in the store directory (``similar-word2vec-<key>.npz``, key = the store's
+        data checksums, these settings and the gensim version) and load it from there next time; a store
+        that cannot be written to is simply not cached."""
+        settings = dict(split=split, top_k=top_k, min_similarity=min_similarity, vector_size=vector_size,
+                        window=window, min_count=min_count, epochs=epochs, seed=seed, workers=workers)
+        path = _word2vec_cache(store, settings) if cache else None
+        if path is not None and path.is_file():
+            try:
+                return cls.load(path)
+            except BertforgeError:
+                pass  # damaged: computed again and replaced below
+        table = cls._word2vec(store, progress=progress, **settings)
+        if path is not None:
+            try:
+                table.save(path)
+            except (OSError, BertforgeError):
+                pass  # a read-only store: no cache, the same table next time, only slower
+        return table
+
+    @classmethod
+    def _word2vec(cls, store: Any, split: str | None, top_k: int, min_similarity: float, vector_size: int,
+                  window: int, min_count: int, epochs: int, seed: int, workers: int,
+                  progress: bool) -> "SimilarWords":
         from gensim.models import Word2Vec
 
-        model = Word2Vec(
-            sentences=_StoreWords(store, split), vector_size=vector_size, window=window, min_count=min_count,
-            sg=1, epochs=epochs, seed=seed, workers=workers, hashfxn=_stable_hash,
-        )
+        sentences = _StoreWords(store, split)
+        # gensim reads the corpus once to count words, then once per epoch: one bar over all the passes.
+        with tqdm(total=sentences.num_sentences * (epochs + 1), desc="word2vec (similar words)", unit="sent",
+                  unit_scale=True, disable=not progress) as bar:
+            sentences.bar = bar
+            model = Word2Vec(
+                sentences=sentences, vector_size=vector_size, window=window, min_count=min_count,
+                sg=1, epochs=epochs, seed=seed, workers=workers, hashfxn=_stable_hash,
+            )
         words = list(model.wv.index_to_key)
         if not words:
             raise BertforgeError(f"word2vec: no word occurs min_count={min_count} times in the store")
@@ -134,7 +171,7 @@ class SimilarWords:
         ids = [tuple(int(t) for t in w.split(",")) for w in words]
         lengths = np.array([len(w) for w in ids])
         table: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
-        for n in tqdm(np.unique(lengths), desc="word2vec neighbours", unit="length"):
+        for n in tqdm(np.unique(lengths), desc="word2vec neighbours", unit="length", disable=not progress):
             group = np.flatnonzero(lengths == n)  # only same-length words can replace each other
             for lo in range(0, len(group), 1024):
                 rows = group[lo:lo + 1024]
@@ -184,6 +221,20 @@ class SimilarWords:
             raise BertforgeError(f"{path}: not a similar-words table ({exc})") from None
 
 
+def _word2vec_cache(store: Any, settings: dict) -> Path | None:
+    """Where the word2vec table of ``store`` with ``settings`` is cached: in the store directory, named by a
+    hash of the store's data checksums (tokens, word starts, split, ...), the settings and the gensim
+    version. None for a store without a directory and manifest (an in-memory one)."""
+    manifest, root = getattr(store, "manifest", None), getattr(store, "path", None)
+    if root is None or not isinstance(manifest, dict) or "sha256" not in manifest:
+        return None
+    import gensim
+
+    key = json.dumps({"version": _CACHE_VERSION, "gensim": gensim.__version__, "store": manifest["sha256"],
+                      **settings}, sort_keys=True)
+    return Path(root) / f"similar-word2vec-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
+
+
 def _stable_hash(text: str) -> int:
     """gensim seeds each word's initial vector with hashfxn(word + seed); Python's hash() of str changes
     with every process (PYTHONHASHSEED), this does not."""
@@ -195,11 +246,15 @@ class _StoreWords:
 
     def __init__(self, store: Any, split: str | None):
         self.store, self.docs = store, store.documents(split)
+        self.num_sentences = int((store.doc_offsets[self.docs + 1] - store.doc_offsets[self.docs]).sum())
+        self.bar: Any = None  # a progress bar advanced by the sentences read
 
     def __iter__(self) -> Iterator[list[str]]:
         st = self.store
         for d in self.docs:
             lo, hi = int(st.doc_offsets[d]), int(st.doc_offsets[d + 1])
+            if self.bar is not None:
+                self.bar.update(hi - lo)
             for s in range(lo, hi):
                 a, b = int(st.sent_offsets[s]), int(st.sent_offsets[s + 1])
                 if a == b:
