@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
 import zlib
 from collections import defaultdict
 from pathlib import Path
@@ -217,7 +218,7 @@ class SimilarWords:
         try:
             with np.load(path, allow_pickle=False) as z:
                 return cls(**{name: z[name] for name in ("keys", "length", "ptr", "cand_start", "tokens")})
-        except (OSError, KeyError, ValueError) as exc:
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # cut short: BadZipFile
             raise BertforgeError(f"{path}: not a similar-words table ({exc})") from None
 
 
