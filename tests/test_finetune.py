@@ -117,7 +117,7 @@ def test_cli_finetune_evaluate_predict_classification(tmp_path, capsys):
     captured = capsys.readouterr()
     lines = [json.loads(x) for x in captured.out.splitlines()]
     assert lines[0][0]["label"] == "pos" and lines[2][0]["label"] == "neg"
-    assert lines[1] == {"error": f"{tmp_path / 'in.txt'} 2 is empty; nothing to run the model on", "line": 2}
+    assert lines[1] == {"error": f"{tmp_path / 'in.txt'}:2: the text is empty; nothing to run the model on", "line": 2}
     assert "1 of 3 inputs could not be used" in captured.err
 
     # The best model loads in transformers' AutoModelForSequenceClassification with the same logits.

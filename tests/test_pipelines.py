@@ -58,7 +58,7 @@ def test_token_classification_offsets_map_back_to_the_original_text(ner_dir):
     found = ner([long_text])[0]
     assert [e["word"] for e in found][-2:] == ["张三", "北京"]
     assert all(long_text[e["start"]:e["end"]] == e["word"] for e in found)
-    with pytest.raises(BertforgeError, match="input 1 is empty"):
+    with pytest.raises(BertforgeError, match="input 1: the text is empty"):
         ner(["张三", "  "])
 
 
@@ -157,8 +157,11 @@ def test_length_bucketing_keeps_input_order_and_results(ner_dir):
     assert [strip(r) for r in together] == [strip(r) for r in alone]
     for got, want in zip(together, alone):
         assert [e["score"] for e in got] == pytest.approx([e["score"] for e in want], abs=1e-5)
-    with pytest.raises(BertforgeError, match="input 1 is empty"):
+    with pytest.raises(BertforgeError, match="input 1: the text is empty"):
         ner(["张三住在北京", "", "我爱上海"])
+    # in a later batch too: the position in the caller's list, not in the batch
+    with pytest.raises(BertforgeError, match="input 3: the text is empty"):
+        ner(["张三住在北京", "我爱上海", "张三", " ", "北京"])
 
 
 @pytest.mark.parametrize("precision", ["bf16", "int8"])
@@ -187,3 +190,48 @@ def test_compiled_pipeline_equals_eager(ner_dir):
     assert fast(texts) == eager(texts) and fast(texts[0]) == eager(texts[0])
     fe, fe_fast = pipeline("feature-extraction", ner_dir), pipeline("feature-extraction", ner_dir, compile=True)
     torch.testing.assert_close(torch.tensor(fe_fast(texts)), torch.tensor(fe(texts)), atol=1e-5, rtol=1e-5)
+
+
+def test_predict_names_the_file_line_and_what_is_wrong_with_a_qa_input(tmp_path, capsys):
+    import json
+
+    from bertforge.cli import main
+
+    tok = tokenizer(tmp_path)
+    task = TaskConfig("qa", max_length=24, doc_stride=4, max_question_length=6, max_answer_length=4)
+    save_task_model(build_task_model(Encoder(tiny_config()), task), tok, tmp_path / "qa")
+    path = tmp_path / "qa.jsonl"
+    path.write_text('{"question": "张三住在哪里", "context": "张三住在北京"}\n{"question": "", "context": "张三住在北京"}\n'
+                    '{"question": "张三"}\n张三住在哪里\n{"question": 3, "context": "北京"}\n', encoding="utf-8")
+    assert main(["predict", "--model", str(tmp_path / "qa"), "--input", str(path)]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert "answer" in lines[0]
+    assert [x["error"] for x in lines[1:]] == [
+        f"{path}:2: the question is empty; nothing to run the model on",
+        f"{path}:3: expected {{'question': ..., 'context': ...}}; no 'context'",
+        f"{path}:4: expected {{'question': ..., 'context': ...}}, got plain text",
+        f"{path}:5: the question must be a string, got int",
+    ]
+    assert main(["predict", "--model", str(tmp_path / "qa"), '{"question": "谁", "context": " "}']) == 1
+    assert json.loads(capsys.readouterr().out)["error"] == "argument 1: the context is empty; nothing to run the model on"
+
+
+def test_feature_extraction_warns_when_it_truncates_as_classification_does(tmp_path, caplog):
+    from taskkit import model_dir
+
+    long_text = "北京 上海 " * 20  # 40 words: past the 16 positions of this encoder
+    md = model_dir(tmp_path, max_position_embeddings=16)
+    emb = pipeline("feature-extraction", md)
+    with caplog.at_level("WARNING", logger="bertforge"):
+        emb(["北京", long_text])
+    assert "1 of 2 inputs were longer than 16 tokens and were truncated" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="bertforge"):
+        emb(["北京", "上海"])
+    assert "truncated" not in caplog.text
+    torch.manual_seed(0)
+    model = build_task_model(Encoder(tiny_config()), TaskConfig("classify", labels=("neg", "pos"), max_length=16))
+    save_task_model(model, tokenizer(tmp_path), tmp_path / "cls")
+    with caplog.at_level("WARNING", logger="bertforge"):
+        pipeline(None, tmp_path / "cls")(["北京", long_text])
+    assert "1 of 2 inputs were longer than 16 tokens and were truncated" in caplog.text

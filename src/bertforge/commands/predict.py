@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import BertforgeError
     from ..files import atomic_path, read_text
     from ..finetune.run import say
-    from ..inference.pipelines import pipeline
+    from ..inference.pipelines import InputError, pipeline
 
     if bool(args.texts) == bool(args.input):
         raise BertforgeError("give the inputs as TEXT arguments or with --input FILE (one of the two)")
@@ -66,11 +66,16 @@ def run(args: argparse.Namespace) -> int:
     options = {} if args.top_k is None else {"top_k": args.top_k}
     if args.input:
         lines = read_text(args.input).splitlines()
-        where = args.input
         if not lines:
             raise BertforgeError(f"{args.input}: the file is empty; expected one input per line")
+
+        def where(n: int) -> str:
+            return f"{args.input}:{n}"
     else:
-        lines, where = args.texts, "argument"
+        lines = args.texts
+
+        def where(n: int) -> str:
+            return f"argument {n}"
     # --output is written under a temporary name and renamed when complete (removed if the run fails).
     errors = 0
     with contextlib.ExitStack() as stack:
@@ -87,15 +92,17 @@ def run(args: argparse.Namespace) -> int:
                 try:
                     items.append((n, _parse(line)))
                 except json.JSONDecodeError as exc:
-                    results[n] = {"error": f"invalid JSON ({exc.msg})", "line": n}
+                    results[n] = {"error": f"{where(n)}: invalid JSON ({exc.msg})", "line": n}
             try:
                 results |= dict(zip([n for n, _ in items], pipe([item for _, item in items], **options)))
             except BertforgeError:
                 for n, item in items:  # the batch was refused: run its inputs one by one to name the bad lines
                     try:
                         results[n] = pipe([item], **options)[0]
+                    except InputError as exc:
+                        results[n] = {"error": f"{where(n)}: {exc.problem}", "line": n}
                     except BertforgeError as exc:
-                        results[n] = {"error": str(exc).replace("input 0", f"{where} {n}"), "line": n}
+                        results[n] = {"error": f"{where(n)}: {exc}", "line": n}
             for n, _ in chunk:
                 errors += "error" in results[n] if isinstance(results[n], dict) else 0
                 out.write(json.dumps(results[n], ensure_ascii=False) + "\n")

@@ -48,12 +48,28 @@ _FOR_TASK = {"classify": "text-classification", "pair": "text-classification", "
              "qa": "question-answering"}
 
 
-def _check_texts(texts: list, what: str = "input") -> None:
+class InputError(BertforgeError):
+    """One input of a pipeline call is unusable. ``index`` is its position in the list the caller passed, so a
+    caller can name it in its own terms (predict: FILE:LINE); the message reads "input 3: <problem>"."""
+
+    def __init__(self, index: int, problem: str):
+        super().__init__(f"input {index}: {problem}")
+        self.index, self.problem = index, problem
+
+
+def _check_texts(texts: list, field: str = "text") -> None:
     for i, t in enumerate(texts):
         if not isinstance(t, str):
-            raise BertforgeError(f"{what} {i}: expected a string, got {type(t).__name__}")
+            raise InputError(i, f"the {field} must be a string, got {type(t).__name__}")
         if not t.strip():
-            raise BertforgeError(f"{what} {i} is empty; nothing to run the model on")
+            raise InputError(i, f"the {field} is empty; nothing to run the model on")
+
+
+def _warn_truncated(enc, max_length: int) -> None:
+    """Warn when the tokenizer cut inputs at max_length: their results then describe only the beginning."""
+    cut = sum(bool(e.overflowing) for e in enc.encodings)
+    if cut:
+        log.warning(f"{cut} of {len(enc.encodings)} inputs were longer than {max_length} tokens and were truncated")
 
 
 def input_size(item: Any) -> int:
@@ -93,7 +109,11 @@ class Pipeline:
         results: list[Any] = [None] * len(items)
         for start in range(0, len(order), self.batch_size):
             index = order[start:start + self.batch_size]
-            for i, result in zip(index, self._run([items[i] for i in index], **options)):
+            try:
+                batch = self._run([items[i] for i in index], **options)
+            except InputError as exc:  # _run names positions in its batch; the caller knows positions in its list
+                raise InputError(index[exc.index], exc.problem) from None
+            for i, result in zip(index, batch):
                 results[i] = result
         return results
 
@@ -116,9 +136,9 @@ class FillMask(Pipeline):
         enc = tok(texts, return_offsets_mapping=True)
         for i, ids in enumerate(enc["input_ids"]):
             if mask_id not in ids:
-                raise BertforgeError(f"input {i} has no {tok.mask_token}; put one where a word should be predicted")
+                raise InputError(i, f"the text has no {tok.mask_token}; put one where a word should be predicted")
             if len(ids) > self.max_length:
-                raise BertforgeError(f"input {i} has {len(ids)} tokens; this model reads at most {self.max_length}")
+                raise InputError(i, f"the text has {len(ids)} tokens; this model reads at most {self.max_length}")
         features = [{"input_ids": ids, "token_type_ids": t} for ids, t in zip(enc["input_ids"], enc["token_type_ids"])]
         batch = collate(features, tok.pad_token_id)
         masked = batch["input_ids"] == mask_id  # [B, L]
@@ -184,6 +204,7 @@ class FeatureExtraction(Pipeline):
 
         _check_texts(texts)
         batch = self.tok(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        _warn_truncated(batch, self.max_length)
         hidden = self.encoder(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]).last_hidden_state
         hidden = hidden.float()  # a bf16 model: pool and return in float32
         vectors = mean_pool(hidden, batch["attention_mask"]) if self.pooling == "mean" else hidden[:, 0]
@@ -205,7 +226,7 @@ class TextClassification(Pipeline):
         for i, item in enumerate(items):
             if isinstance(item, dict):
                 if set(item) - {"text", "text_pair"} or "text" not in item:
-                    raise BertforgeError(f"input {i}: expected a string or {{'text', 'text_pair'}}, got keys {sorted(item)}")
+                    raise InputError(i, f"expected a string or {{'text', 'text_pair'}}, got keys {sorted(item)}")
                 texts.append(item["text"])
                 pairs.append(item.get("text_pair"))
             else:
@@ -215,12 +236,10 @@ class TextClassification(Pipeline):
         if self.model.task.task == "pair" and any(p is None for p in pairs):
             raise BertforgeError("this model classifies text pairs: pass {'text': ..., 'text_pair': ...}")
         if any(p is not None for p in pairs):
-            _check_texts(pairs, "text_pair of input")
+            _check_texts(pairs, "text_pair")
         max_length = self.model.task.max_length
         enc = self.tok(texts, pairs if pairs[0] is not None else None, truncation=True, max_length=max_length)
-        cut = sum(bool(e.overflowing) for e in enc.encodings)
-        if cut:
-            log.warning(f"{cut} of {len(texts)} inputs were longer than {max_length} tokens and were truncated")
+        _warn_truncated(enc, max_length)
         features = [{"input_ids": a, "token_type_ids": b} for a, b in zip(enc["input_ids"], enc["token_type_ids"])]
         probs = self.model(collate(features, self.tok.pad_token_id))["logits"].float().softmax(-1)
         labels = self.model.task.labels
@@ -287,10 +306,18 @@ class QuestionAnswering(Pipeline):
         task = self.model.task
         examples = []
         for i, item in enumerate(items):
-            if not isinstance(item, dict) or set(item) != {"question", "context"}:
-                raise BertforgeError(f"input {i}: expected {{'question': ..., 'context': ...}}")
-            _check_texts([item["question"]], f"question of input {i}; question")
-            _check_texts([item["context"]], f"context of input {i}; context")
+            if not isinstance(item, dict):
+                got = "plain text" if isinstance(item, str) else f"a {type(item).__name__}"
+                raise InputError(i, f"expected {{'question': ..., 'context': ...}}, got {got}")
+            missing, extra = {"question", "context"} - set(item), set(item) - {"question", "context"}
+            if missing or extra:
+                problem = f"no {' and no '.join(map(repr, sorted(missing)))}" if missing else f"unexpected keys {sorted(extra)}"
+                raise InputError(i, f"expected {{'question': ..., 'context': ...}}; {problem}")
+            for field in ("question", "context"):
+                try:
+                    _check_texts([item[field]], field)
+                except InputError as exc:
+                    raise InputError(i, exc.problem) from None
             examples.append(QAExample(str(i), item["question"], item["context"], source=f"input {i}"))
         features = encode_qa(self.tok, examples, task, Skips(), train=False)
         windows: list[list] = [[] for _ in examples]
