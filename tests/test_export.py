@@ -217,3 +217,28 @@ def test_evaluate_reports_the_accuracy_change_of_onnx_and_int8(tmp_path, capsys)
     assert main(["evaluate", "--model", str(tmp_path / "clf"), "--data", str(tmp_path / "test.csv"),
                  "--onnx", str(tmp_path / "nope.onnx")]) == 2
     assert "no such ONNX file" in capsys.readouterr().err
+
+
+def test_export_command_refuses_an_opset_the_exporter_cannot_write_in_one_line(tmp_path, capfd):
+    """--opset outside torch's TorchScript exporter range (7-20 in torch 2.13) is refused before any work; one
+    inside it that lacks an operator the model needs is one line too, without torch's IR graph dump."""
+    from bertforge.cli import main
+    from bertforge.export import opset_range
+
+    low, high = opset_range()
+    assert low <= 17 <= high  # the default
+    source = tmp_path / "model"
+    PretrainingModel(TINY, heads=("mlm",)).save_pretrained(source)
+    version = torch.__version__.split("+")[0]
+    for opset in (5, 99, high + 1):
+        assert main(["export", str(source), "-o", str(tmp_path / "out"), "--opset", str(opset)]) == 2
+        out, err = capfd.readouterr()
+        assert err.strip() == f"bertforge: error: --opset {opset}: torch {version}'s ONNX exporter writes opsets {low} to {high}"
+        assert not (tmp_path / "out").exists()  # refused before anything was written
+    assert main(["export", str(source), "-o", str(tmp_path / "out"), "--opset", "9", "--quantize", "int8"]) == 2
+    assert "--quantize int8 needs opset 11 or higher" in capfd.readouterr().err
+    assert main(["export", str(source), "-o", str(tmp_path / "out"), "--opset", "7"]) == 2  # arange needs 9
+    out, err = capfd.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1
+    assert "ONNX opset 7: torch cannot export this model at it (ONNX export failed on arange" in err
+    assert not list((tmp_path / "out").glob("*.onnx"))

@@ -14,11 +14,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import inspect
 import json
 import os
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -112,6 +114,40 @@ def sample_inputs(model: nn.Module, batch: int, length: int, seed: int = 0) -> d
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
 
 
+def opset_range() -> tuple[int, int]:
+    """The ONNX opsets torch's TorchScript exporter (the one export_onnx uses) writes: 7 to 20 in torch 2.13.
+    Above its maximum torch only warns, and the graph is then outside what torch tests."""
+    try:
+        from torch.onnx import _constants
+
+        return _constants.ONNX_MIN_OPSET, _constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET
+    except (ImportError, AttributeError):  # a private module: fall back to torch 2.13's values
+        return 7, 20
+
+
+# Below 11 ONNX Runtime's quantizer cannot infer the graph's shapes ("Incomplete symbolic shape inference").
+QUANTIZE_MIN_OPSET = 11
+
+
+@contextlib.contextmanager
+def _silenced_stdout():
+    """File descriptor 1 to /dev/null. torch 2.13's exporter switches its C++ ONNX log on whatever the setting
+    (setup_onnx_logging tests the function ``_C._jit_is_onnx_log_enabled`` instead of calling it), so a failed
+    export prints its whole IR graph to stdout, past Python's sys.stdout."""
+    import ctypes
+
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+        yield
+    finally:
+        ctypes.CDLL(None).fflush(None)  # what C++ left in the C stdout buffer goes to /dev/null too
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def export_onnx(model: nn.Module, path: str | Path, *, opset: int = 17, sample_length: int = 16) -> Path:
     """Write ``model`` as ONNX with inputs input_ids / attention_mask / token_type_ids, all [batch, sequence]
     int64, and one output per tensor of the model's output (named by its field, e.g. "last_hidden_state",
@@ -136,10 +172,15 @@ def export_onnx(model: nn.Module, path: str | Path, *, opset: int = 17, sample_l
         with atomic_path(path) as tmp:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # tracer warnings about Python ints are expected here
-                torch.onnx.export(
-                    flat, tuple(inputs[n] for n in INPUT_NAMES), str(tmp), input_names=list(INPUT_NAMES),
-                    output_names=output_names, dynamic_axes=dynamic_axes, opset_version=opset, dynamo=False,
-                )
+                try:
+                    with _silenced_stdout():
+                        torch.onnx.export(
+                            flat, tuple(inputs[n] for n in INPUT_NAMES), str(tmp), input_names=list(INPUT_NAMES),
+                            output_names=output_names, dynamic_axes=dynamic_axes, opset_version=opset, dynamo=False,
+                        )
+                except torch.onnx.OnnxExporterError as exc:  # an operator this opset lacks (einsum < 12, ...)
+                    reason = str(exc).splitlines()[0].split("  [Caused by")[0]
+                    raise BertforgeError(f"ONNX opset {opset}: torch cannot export this model at it ({reason})") from None
             import onnx
 
             proto = onnx.load(str(tmp))

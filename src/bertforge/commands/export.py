@@ -31,7 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=["onnx"], default="onnx", help="export format (default: onnx)")
     p.add_argument("--head", choices=["auto", "task", "encoder", "mlm"], default="auto", help="what to export (default: auto)")
     p.add_argument("--quantize", choices=["int8"], help="also write an int8 dynamically quantized model")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset, 7 to 20 with torch 2.13 (default: 17)")
     p.add_argument("--atol", type=float, default=1e-4, help="largest |ONNX - PyTorch| accepted (default: 1e-4)")
 
 
@@ -45,8 +45,18 @@ def run(args: argparse.Namespace) -> int:
 
     from ..errors import BertforgeError
     from ..files import atomic_path, write_json
-    from ..export import OnnxRuntimeModel, export_onnx, output_tensors, quantize_onnx, sample_inputs, verify_onnx
+    from ..export import (
+        QUANTIZE_MIN_OPSET, OnnxRuntimeModel, export_onnx, opset_range, output_tensors, quantize_onnx, sample_inputs,
+        verify_onnx,
+    )
 
+    low, high = opset_range()
+    if not low <= args.opset <= high:
+        raise BertforgeError(f"--opset {args.opset}: torch {torch.__version__.split('+')[0]}'s ONNX exporter writes "
+                             f"opsets {low} to {high}")
+    if args.quantize == "int8" and args.opset < QUANTIZE_MIN_OPSET:
+        raise BertforgeError(f"--opset {args.opset}: --quantize int8 needs opset {QUANTIZE_MIN_OPSET} or higher "
+                             "(ONNX Runtime's quantizer cannot infer the shapes of older graphs)")
     source, out = Path(args.model), Path(args.output)
     if not source.is_dir():
         raise BertforgeError(f"{source}: not a model directory")
