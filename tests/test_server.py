@@ -302,3 +302,29 @@ def test_graceful_shutdown_finishes_in_flight_requests():
     assert [r.json()["results"] for r in results.values()] == [[classify(f"slow {i}")] for i in results]
     with pytest.raises(httpx.ConnectError):
         httpx.post(f"{url}/v1/classify", json={"inputs": "late"}, timeout=2)
+
+
+def test_serve_command_refuses_a_port_in_use_in_one_line_before_announcing(tmp_path, capsys):
+    """The port is bound before the model loads and before "serving ... on" is printed: a port in use is one
+    line naming it (it was the announcement, then uvicorn's log line and exit code 3)."""
+    import socket
+
+    from bertforge.cli import main
+    from bertforge.inference.server import listen
+    from taskkit import model_dir
+
+    model = model_dir(tmp_path)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", str(model), "--port", str(port)]) == 2
+        err = capsys.readouterr().err
+        assert err == f"bertforge: error: --port {port}: 127.0.0.1 port {port} is already in use (another server?); choose another --port\n"
+    sockets = listen("127.0.0.1", 0)  # the port is free again once its holder closed
+    try:
+        assert len(sockets) == 1 and sockets[0].getsockname()[1] > 0
+    finally:
+        sockets[0].close()
+    assert main(["serve", str(model), "--host", "nosuch.invalid"]) == 2
+    assert "--host nosuch.invalid: cannot resolve it" in capsys.readouterr().err

@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..errors import BertforgeError
-    from ..inference.server import ServeSettings, create_app_from_dir, serve
+    from ..inference.server import ServeSettings, create_app_from_dir, listen, serve
 
     api_key = os.environ.get("BERTFORGE_API_KEY") or None
     if args.api_key_file:
@@ -68,8 +68,14 @@ def run(args: argparse.Namespace) -> int:
         max_wait=args.max_wait_ms / 1000, max_queue=args.max_queue, api_key=api_key,
     )
     tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else None
-    app = create_app_from_dir(args.model, settings=settings, tasks=tasks, precision=args.precision,
-                              compile=args.compile)
+    sockets = listen(args.host, args.port)  # before loading the model: a port in use fails at once
+    try:
+        app = create_app_from_dir(args.model, settings=settings, tasks=tasks, precision=args.precision,
+                                  compile=args.compile)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
     try:
         public = not ipaddress.ip_address(args.host).is_loopback
     except ValueError:  # a host name
@@ -78,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"bertforge: warning: serving on {args.host} without an API key; anyone who can reach it can use it",
               file=sys.stderr)
     info = app.state.bertforge.info
-    print(f"bertforge: serving {info['model']} ({', '.join(info['tasks'])}) on http://{args.host}:{args.port}/",
-          file=sys.stderr)
-    serve(app, host=args.host, port=args.port, log_level=args.log_level)
+    port = sockets[0].getsockname()[1]  # --port 0: the one the system chose
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"bertforge: serving {info['model']} ({', '.join(info['tasks'])}) on http://{host}:{port}/", file=sys.stderr)
+    serve(app, host=args.host, port=args.port, log_level=args.log_level, sockets=sockets)
     return 0

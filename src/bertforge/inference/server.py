@@ -21,9 +21,11 @@ a bug here.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import secrets
+import socket
 import threading
 import time
 from contextlib import asynccontextmanager
@@ -538,12 +540,57 @@ def create_app_from_dir(model_dir: str | Path, *, settings: ServeSettings | None
 
 
 # ---- running -----------------------------------------------------------------------------------------
-def serve(app: Any, host: str = "127.0.0.1", port: int = 8000, *, log_level: str = "info", graceful_timeout: float = 30.0) -> None:
+def listen(host: str, port: int) -> list[socket.socket]:
+    """Sockets bound to host:port, one per address the host resolves to, as uvicorn (asyncio's create_server)
+    would bind them. Binding first, before the server starts, makes a port in use a one-line error instead of
+    uvicorn's log line after the server has announced itself; the server starts listening on them."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise BertforgeError(f"--host {host}: cannot resolve it ({exc.strerror})") from None
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            # proto is IPPROTO_TCP here, which asyncio needs to set TCP_NODELAY on the connections
+            sock = socket.socket(family, kind, proto)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                sock.close()
+                if exc.errno == errno.EADDRNOTAVAIL:  # e.g. IPv6 disabled; asyncio skips such addresses too
+                    continue
+                if exc.errno == errno.EADDRINUSE:
+                    raise BertforgeError(f"--port {port}: {address[0]} port {port} is already in use "
+                                         "(another server?); choose another --port") from None
+                raise BertforgeError(f"--port {port}: cannot listen on {address[0]} port {port} ({exc.strerror})") from None
+            sockets.append(sock)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    if not sockets:
+        raise BertforgeError(f"--host {host}: not an address of this machine; cannot listen on it")
+    return sockets
+
+
+def serve(app: Any, host: str = "127.0.0.1", port: int = 8000, *, log_level: str = "info", graceful_timeout: float = 30.0,
+          sockets: list[socket.socket] | None = None) -> None:
     """Run until SIGINT/SIGTERM; then stop accepting, finish in-flight requests (up to
-    ``graceful_timeout`` seconds), drain the batch queues and exit."""
+    ``graceful_timeout`` seconds), drain the batch queues and exit. ``sockets``: from ``listen(host, port)``
+    (bound here when not given)."""
     import uvicorn
 
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=graceful_timeout)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level,
+                                           timeout_graceful_shutdown=graceful_timeout))
+    try:
+        server.run(sockets=sockets if sockets is not None else listen(host, port))
+    except KeyboardInterrupt:  # uvicorn re-raises the SIGINT it shut down on (uvicorn.run swallows it too)
+        pass
+    if not server.started:  # the application's startup failed; uvicorn has logged why
+        raise BertforgeError("the server did not start; the log above says why")
 
 
 class ServerThread:
