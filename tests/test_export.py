@@ -242,3 +242,63 @@ def test_export_command_refuses_an_opset_the_exporter_cannot_write_in_one_line(t
     assert out == "" and len(err.strip().splitlines()) == 1
     assert "ONNX opset 7: torch cannot export this model at it (ONNX export failed on arange" in err
     assert not list((tmp_path / "out").glob("*.onnx"))
+
+
+@pytest.mark.slow
+def test_evaluate_refuses_an_onnx_file_that_is_not_an_export_of_the_model_in_one_line(tmp_path, capsys):
+    """evaluate --onnx with a bare-encoder export, another task's, other weights', or (an export without the
+    record of what it holds) one whose vocabulary is smaller: one line saying what the file holds and what
+    evaluate needs, before any scoring (it was KeyError 'logits' or an ONNX Runtime traceback)."""
+    from bertforge.cli import main
+    from bertforge.finetune.store import save_task_model
+    from taskkit import tiny_config, tokenizer
+
+    tok = tokenizer(tmp_path)
+
+    def saved(name, task, seed=0, **config):
+        torch.manual_seed(seed)
+        save_task_model(build_task_model(Encoder(tiny_config(**config)), task), tok, tmp_path / name)
+        return str(tmp_path / name)
+
+    classify = TaskConfig("classify", labels=("neg", "pos"))
+    clf = saved("clf", classify)
+    (tmp_path / "test.csv").write_text("text,label\ngood movie,pos\nbad film,neg\n")
+
+    def evaluate(onnx_file):
+        code = main(["evaluate", "--model", clf, "--data", str(tmp_path / "test.csv"), "--onnx", str(onnx_file)])
+        err = capsys.readouterr().err.strip().splitlines()
+        return code, err[-1] if err else ""
+
+    needs = (f"not the fine-tuned classify model with labels neg, pos (outputs logits [batch, 2]); evaluate --onnx "
+             f"needs an export of --model {clf} (bertforge export {clf} --output DIR)")
+    assert main(["export", clf, "-o", str(tmp_path / "enc"), "--head", "encoder"]) == 0
+    assert json.loads((tmp_path / "enc" / "export.json").read_text())["exported_from"]["head"] == "encoder"
+    assert evaluate(tmp_path / "enc" / "model.onnx") == (2, (
+        f"bertforge: error: --onnx {tmp_path / 'enc' / 'model.onnx'}: it holds the bare encoder, no task head (outputs "
+        f"last_hidden_state [batch, sequence, 32], pooler_output [batch, 32]), {needs}"))
+    ner = saved("ner", TaskConfig("ner", labels=("O", "B-PER", "I-PER")))
+    assert main(["export", ner, "-o", str(tmp_path / "ner-x")]) == 0
+    code, err = evaluate(tmp_path / "ner-x" / "model.onnx")
+    assert code == 2 and err.endswith(
+        "it holds the fine-tuned ner model with labels O, B-PER, I-PER (outputs logits [batch, sequence, 3]), " + needs)
+    other = saved("other", classify, seed=1)
+    assert main(["export", other, "-o", str(tmp_path / "other-x"), "--quantize", "int8"]) == 0
+    for name in ("model.onnx", "model.int8.onnx"):  # the int8 file keeps the record of its source
+        code, err = evaluate(tmp_path / "other-x" / name)
+        assert code == 2 and f": it was exported from other weights ({other}): the same kind of model" in err
+    # an export made before files recorded what they hold, of a model with a 40-token vocabulary
+    torch.manual_seed(0)
+    small = build_task_model(Encoder(tiny_config().replace(vocab_size=40)), classify)
+    old = export_onnx(small, tmp_path / "old.onnx")
+    proto = onnx.load(str(old))
+    kept = [p for p in proto.metadata_props if p.key != "bertforge_export"]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    onnx.save(proto, str(old))
+    assert OnnxRuntimeModel(old).about is None
+    code, err = evaluate(old)
+    assert code == 2 and "it fails on this model's token ids, so it was exported from another model" in err
+    assert "INVALID_ARGUMENT" in err and "Traceback" not in err
+    assert main(["export", clf, "-o", str(tmp_path / "clf-x")]) == 0  # its own export is scored
+    capsys.readouterr()
+    assert evaluate(tmp_path / "clf-x" / "model.onnx") == (0, "")

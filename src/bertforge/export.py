@@ -5,7 +5,8 @@
   a static encoder graph), with dynamic batch and sequence axes, and records the structure of the
   model's output (an ``EncoderOutput``, a dict of logits, ...) in the file's metadata;
 - ``OnnxRuntimeModel`` runs the file and rebuilds that structure, so code written for the PyTorch model
-  (pipelines, evaluation) can run the ONNX one unchanged;
+  (pipelines, evaluation) can run the ONNX one unchanged; ``export_mismatch`` says why a file is not an
+  export of a given model (the file also records what was exported: task, labels, config, weights hash);
 - ``verify_onnx`` holds the two equal (default tolerance 1e-4) on several batch sizes and lengths, with
   padding, so that a graph that silently baked in the example shape is caught;
 - int8: ``quantize_onnx`` (ONNX Runtime's dynamic quantization: int8 weights, activations quantized
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import importlib
 import inspect
 import json
@@ -35,6 +37,9 @@ from .files import atomic_path
 
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 _META_KEY = "bertforge_output_spec"
+# What was exported: the encoder config, the task (task, labels, ...) of a fine-tuned model, a fingerprint
+# of the weights, and what the caller adds (bertforge export: the source directory and --head).
+_ABOUT_KEY = "bertforge_export"
 
 
 # ---- output structure: flatten for ONNX, rebuild after ---------------------------------------------
@@ -148,10 +153,32 @@ def _silenced_stdout():
         os.close(saved)
 
 
-def export_onnx(model: nn.Module, path: str | Path, *, opset: int = 17, sample_length: int = 16) -> Path:
+def fingerprint(model: nn.Module) -> str:
+    """A hash of the model's parameters and buffers: tells whether an export holds these weights."""
+    h = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def describe_model(model: nn.Module) -> dict:
+    """What an export of ``model`` holds, as export_onnx records it in the file."""
+    config = getattr(model, "config", None) or getattr(getattr(model, "encoder", None), "config", None)
+    task = getattr(model, "task", None)
+    return {
+        "config": config.to_dict() if config is not None else None,
+        "task": json.loads(json.dumps(dataclasses.asdict(task))) if dataclasses.is_dataclass(task) else None,
+        "weights": fingerprint(model),
+    }
+
+
+def export_onnx(model: nn.Module, path: str | Path, *, opset: int = 17, sample_length: int = 16,
+                about: dict | None = None) -> Path:
     """Write ``model`` as ONNX with inputs input_ids / attention_mask / token_type_ids, all [batch, sequence]
     int64, and one output per tensor of the model's output (named by its field, e.g. "last_hidden_state",
-    "logits"). Batch and sequence axes are dynamic. The file is written atomically."""
+    "logits"). Batch and sequence axes are dynamic. The file's metadata records the output structure and
+    ``describe_model(model)`` plus ``about`` (read back as OnnxRuntimeModel.about). Written atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     was_training = model.training
@@ -184,8 +211,9 @@ def export_onnx(model: nn.Module, path: str | Path, *, opset: int = 17, sample_l
             import onnx
 
             proto = onnx.load(str(tmp))
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = _META_KEY, json.dumps(spec)
+            for key, value in ((_META_KEY, spec), (_ABOUT_KEY, describe_model(model) | (about or {}))):
+                entry = proto.metadata_props.add()
+                entry.key, entry.value = key, json.dumps(value)
             onnx.save(proto, str(tmp))
     finally:
         model.train(was_training)
@@ -213,6 +241,7 @@ class OnnxRuntimeModel:
         if not path.is_file():
             raise BertforgeError(f"{path}: no such ONNX file")
         options = ort.SessionOptions()
+        options.log_severity_level = 4  # a failed run is raised as one BertforgeError, not logged in colour too
         if num_threads:
             options.intra_op_num_threads = num_threads
         try:
@@ -223,6 +252,8 @@ class OnnxRuntimeModel:
         if _META_KEY not in meta:
             raise BertforgeError(f"{path}: no {_META_KEY} metadata; was it written by bertforge export?")
         self.spec = json.loads(meta[_META_KEY])
+        # exports written before bertforge recorded it have none
+        self.about: dict | None = json.loads(meta[_ABOUT_KEY]) if _ABOUT_KEY in meta else None
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.config = config if config is not None else getattr(like, "config", None)
@@ -245,11 +276,89 @@ class OnnxRuntimeModel:
         if feed["token_type_ids"] is None:
             feed["token_type_ids"] = torch.zeros_like(input_ids)
         arrays = {n: np.ascontiguousarray(feed[n].cpu().numpy(), dtype=np.int64) for n in self.input_names}
-        outputs = self.session.run(self.output_names, arrays)
+        try:
+            outputs = self.session.run(self.output_names, arrays)
+        except Exception as exc:  # onnxruntime's own untyped errors, e.g. a token id past the graph's vocabulary
+            raise BertforgeError(f"{self.path}: ONNX Runtime failed on the inputs ({str(exc).strip().splitlines()[0]})") from None
         return _rebuild(self.spec, {n: torch.from_numpy(o) for n, o in zip(self.output_names, outputs)})
 
     def eval(self) -> "OnnxRuntimeModel":
         return self
+
+
+def _tensor_names(spec: Any) -> list[str]:
+    if spec is None:
+        return []
+    if "tensor" in spec:
+        return [spec["tensor"]]
+    children = spec["dict"] if "dict" in spec else spec["fields"]
+    return [name for child in children.values() for name in _tensor_names(child)]
+
+
+def _outputs(shapes: dict[str, list]) -> str:
+    return ", ".join(f"{name} [{', '.join(map(str, dims))}]" for name, dims in shapes.items())
+
+
+def _contents(shapes: dict[str, list], about: dict | None) -> str:
+    """Plain words for what a model outputs: "the bare encoder (outputs ...)", "the fine-tuned ner model ..."."""
+    outputs = _outputs(shapes)
+    if about and about.get("task"):
+        task = about["task"]
+        labels = f" with labels {', '.join(task['labels'])}" if task["labels"] else ""
+        return f"the fine-tuned {task['task']} model{labels} (outputs {outputs})"
+    if all(name.split(".")[-1] in ("last_hidden_state", "pooler_output", "hidden_states") for name in shapes):
+        return f"the bare encoder, no task head (outputs {outputs})"
+    if any(name.endswith("mlm_logits") for name in shapes):
+        return f"an encoder with its masked-LM head, no task head (outputs {outputs})"
+    return f"a model with outputs {outputs}"
+
+
+def _torch_shapes(model: nn.Module) -> dict[str, list]:
+    """Output name -> dims of the PyTorch model, "batch" and "sequence" where they follow the input's."""
+    runs = []
+    with torch.no_grad():
+        for length in (5, 6):
+            runs.append({name: list(t.shape) for name, t in output_tensors(_call(model, sample_inputs(model, 2, length)))})
+    return {name: ["batch" if i == 0 else "sequence" if d != runs[1][name][i] else d for i, d in enumerate(dims)]
+            for name, dims in runs[0].items()}
+
+
+def export_mismatch(runner: OnnxRuntimeModel, model: nn.Module) -> str | None:
+    """Why ``runner`` cannot stand in for ``model`` (None when nothing tells them apart): it holds other outputs
+    (a bare encoder, a masked-LM head, another task's head), another task or label set, another architecture,
+    other weights, or it fails on the model's token ids. Exports without the record of what they hold (older
+    bertforge) are judged by their outputs and a trial run."""
+    was_training = model.training
+    model.eval()
+    try:
+        needed = _torch_shapes(model)
+        shapes = {o.name: [d if isinstance(d, int) else str(d) for d in o.shape] for o in runner.session.get_outputs()}
+        about = runner.about
+        if list(shapes) != list(needed) or any(len(shapes[n]) != len(needed[n]) or
+                                               any(isinstance(a, int) and a != b for a, b in zip(shapes[n], needed[n]))
+                                               for n in shapes):
+            return f"it holds {_contents(shapes, about)}, not {_contents(needed, describe_model(model))}"
+        if about is not None:
+            mine = describe_model(model)
+            if about.get("task") != mine["task"]:
+                return f"it holds {_contents(shapes, about)}, not {_contents(needed, mine)}"
+            config = about.get("config") or {}
+            changed = [k for k, v in (mine["config"] or {}).items() if k in config and config[k] != v]
+            if changed:
+                k = changed[0]
+                return f"it was exported from a model with {k}={config[k]!r}, this one has {k}={mine['config'][k]!r}"
+            if about.get("weights") != mine["weights"]:
+                source = f" ({about['source']})" if about.get("source") else ""
+                return f"it was exported from other weights{source}: the same kind of model, trained differently"
+        inputs = sample_inputs(model, 2, 5)
+        inputs["input_ids"][0, 1] = _vocab_size(model) - 1  # the highest id: a smaller vocabulary fails here
+        try:
+            runner(**inputs)
+        except BertforgeError as exc:
+            return f"it fails on this model's token ids, so it was exported from another model ({exc})"
+        return None
+    finally:
+        model.train(was_training)
 
 
 def verify_onnx(
@@ -287,8 +396,8 @@ def verify_onnx(
 def quantize_onnx(src: str | Path, dst: str | Path) -> Path:
     """int8 dynamic quantization with ONNX Runtime: MatMul weights stored as int8 per output channel,
     activations quantized per batch at run time. The graph is first shape-inferred and optimised
-    (ONNX Runtime's ``quant_pre_process``), which its docs recommend before quantizing. Keeps the
-    output-structure metadata. Written atomically."""
+    (ONNX Runtime's ``quant_pre_process``), which its docs recommend before quantizing. Keeps bertforge's
+    metadata (the output structure, what was exported). Written atomically."""
     import logging
 
     import onnx
@@ -296,7 +405,8 @@ def quantize_onnx(src: str | Path, dst: str | Path) -> Path:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     src, dst = Path(src), Path(dst)
-    spec = {p.key: p.value for p in onnx.load(str(src), load_external_data=False).metadata_props}.get(_META_KEY)
+    meta = {p.key: p.value for p in onnx.load(str(src), load_external_data=False).metadata_props
+            if p.key in (_META_KEY, _ABOUT_KEY)}
     with tempfile.TemporaryDirectory(dir=dst.parent, prefix=f".{dst.name}.") as tmp:
         prepared, quantized = os.path.join(tmp, "prepared.onnx"), os.path.join(tmp, "int8.onnx")
         quant_pre_process(str(src), prepared)
@@ -306,10 +416,12 @@ def quantize_onnx(src: str | Path, dst: str | Path) -> Path:
         finally:
             logging.disable(logging.NOTSET)
         proto = onnx.load(quantized)
-        if spec is not None and _META_KEY not in {p.key for p in proto.metadata_props}:
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = _META_KEY, spec
-            onnx.save(proto, quantized)
+        kept = {p.key for p in proto.metadata_props}
+        for key, value in meta.items():
+            if key not in kept:
+                entry = proto.metadata_props.add()
+                entry.key, entry.value = key, value
+        onnx.save(proto, quantized)
         os.replace(quantized, dst)
     return dst
 

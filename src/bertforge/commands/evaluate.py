@@ -59,9 +59,15 @@ def run(args: argparse.Namespace) -> int:
     if not args.onnx and not args.torch_int8:
         print(json.dumps(metrics, ensure_ascii=False))
         return 0
-    from ..export import OnnxRuntimeModel, quantize_torch
+    from ..errors import BertforgeError
+    from ..export import OnnxRuntimeModel, export_mismatch, quantize_torch
 
     variants = {name: OnnxRuntimeModel(name, like=model) for name in args.onnx}
+    for name, runner in variants.items():  # before any scoring: a wrong file failed deep inside evaluation
+        problem = export_mismatch(runner, model)
+        if problem:
+            raise BertforgeError(f"--onnx {name}: {problem}; evaluate --onnx needs an export of --model {args.model} "
+                                 f"(bertforge export {args.model} --output DIR)")
     if args.torch_int8:
         variants["torch-int8"] = quantize_torch(model)
     report = {"pytorch": metrics, "variants": {}}

@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         raise BertforgeError(f"--output {out}: exists and is not a directory")
     if out.resolve() == source.resolve():
         raise BertforgeError(f"--output {out}: is the model directory itself; choose a new directory")
-    model = _load(source, args.head)
+    model, head = _load(source, args.head)
     out.mkdir(parents=True, exist_ok=True)
     for f in source.iterdir():  # config and tokenizer files: everything but the weights
         if f.is_file() and f.suffix not in (".safetensors", ".bin", ".pt", ".onnx", ".h5", ".msgpack"):
@@ -72,12 +72,13 @@ def run(args: argparse.Namespace) -> int:
 
     fp32 = out / "model.onnx"
     with atomic_path(fp32) as tmp:  # under its name only once verified: a failed check leaves no model.onnx
-        export_onnx(model, tmp, opset=args.opset)
+        export_onnx(model, tmp, opset=args.opset, about={"source": str(source), "head": head})
         try:
             diff = verify_onnx(model, tmp, atol=args.atol)
         except BertforgeError as exc:  # name the file the user asked for, not the temporary one
             raise BertforgeError(str(exc).replace(str(tmp), str(fp32))) from None
-    report = {"model.onnx": {"bytes": fp32.stat().st_size, "max_abs_diff_vs_pytorch": diff}}
+    report: dict = {"exported_from": {"model": str(source), "head": head, "opset": args.opset},
+                    "model.onnx": {"bytes": fp32.stat().st_size, "max_abs_diff_vs_pytorch": diff}}
     print(f"wrote {fp32} ({fp32.stat().st_size / 2**20:.1f} MiB), max |ONNX - PyTorch| = {diff:.2e} (atol {args.atol:g})")
     if args.quantize == "int8":
         int8 = quantize_onnx(fp32, out / "model.int8.onnx")
@@ -104,19 +105,20 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _load(source, head: str):
+    """(model, what it is: "task", "encoder" or "mlm") for --head."""
     from ..auto import AutoModel, AutoModelForMaskedLM
     from ..errors import BertforgeError
     from ..finetune.store import is_task_directory, load_task_model
 
     if head in ("auto", "task") and is_task_directory(source):
-        return load_task_model(source)[0]
+        return load_task_model(source)[0], "task"
     if head == "task":
         raise BertforgeError(f"{source}: --head task needs a fine-tuned directory (with task.json)")
     if head == "encoder":
-        return AutoModel.from_pretrained(source)
+        return AutoModel.from_pretrained(source), "encoder"
     model = AutoModelForMaskedLM.from_pretrained(source)
     if model.mlm is None:
         if head == "mlm":
             raise BertforgeError(f"--head mlm: {source} has no masked-LM head (use --head encoder)")
-        return model.encoder
-    return model
+        return model.encoder, "encoder"
+    return model, "mlm"
