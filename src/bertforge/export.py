@@ -286,15 +286,6 @@ class OnnxRuntimeModel:
         return self
 
 
-def _tensor_names(spec: Any) -> list[str]:
-    if spec is None:
-        return []
-    if "tensor" in spec:
-        return [spec["tensor"]]
-    children = spec["dict"] if "dict" in spec else spec["fields"]
-    return [name for child in children.values() for name in _tensor_names(child)]
-
-
 def _outputs(shapes: dict[str, list]) -> str:
     return ", ".join(f"{name} [{', '.join(map(str, dims))}]" for name, dims in shapes.items())
 
@@ -323,6 +314,12 @@ def _torch_shapes(model: nn.Module) -> dict[str, list]:
             for name, dims in runs[0].items()}
 
 
+def _compatible(onnx_dims: list, torch_dims: list) -> bool:
+    """ONNX output dims (ints, or names for dynamic axes) against the PyTorch model's."""
+    return len(onnx_dims) == len(torch_dims) and all(
+        not isinstance(a, int) or a == b for a, b in zip(onnx_dims, torch_dims))
+
+
 def export_mismatch(runner: OnnxRuntimeModel, model: nn.Module) -> str | None:
     """Why ``runner`` cannot stand in for ``model`` (None when nothing tells them apart): it holds other outputs
     (a bare encoder, a masked-LM head, another task's head), another task or label set, another architecture,
@@ -331,17 +328,14 @@ def export_mismatch(runner: OnnxRuntimeModel, model: nn.Module) -> str | None:
     was_training = model.training
     model.eval()
     try:
-        needed = _torch_shapes(model)
+        needed, mine, about = _torch_shapes(model), describe_model(model), runner.about
         shapes = {o.name: [d if isinstance(d, int) else str(d) for d in o.shape] for o in runner.session.get_outputs()}
-        about = runner.about
-        if list(shapes) != list(needed) or any(len(shapes[n]) != len(needed[n]) or
-                                               any(isinstance(a, int) and a != b for a, b in zip(shapes[n], needed[n]))
-                                               for n in shapes):
-            return f"it holds {_contents(shapes, about)}, not {_contents(needed, describe_model(model))}"
+        holds = f"it holds {_contents(shapes, about)}, not {_contents(needed, mine)}"
+        if list(shapes) != list(needed) or not all(_compatible(shapes[n], needed[n]) for n in shapes):
+            return holds
         if about is not None:
-            mine = describe_model(model)
             if about.get("task") != mine["task"]:
-                return f"it holds {_contents(shapes, about)}, not {_contents(needed, mine)}"
+                return holds
             config = about.get("config") or {}
             changed = [k for k, v in (mine["config"] or {}).items() if k in config and config[k] != v]
             if changed:
