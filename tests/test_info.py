@@ -82,3 +82,16 @@ def test_json_and_checkpoint_directory(capsys, tmp_path):
 def test_bad_override_is_a_clear_error(capsys):
     assert main(["info", "--preset", "bert-base", "--set", "frobnicate=1"]) == 2
     assert "bertforge: error: --set: unknown config key 'frobnicate'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("setting, expected", [
+    ("num_heads=0", "num_heads=0: expected a whole number > 0"),  # was a ZeroDivisionError
+    ("num_heads=5", "num_heads=5: expected a divisor of hidden_size=768"),
+    ("embedding_size=-4", "embedding_size=-4: expected a whole number >= 0"),
+    ("hidden_dropout=nan", "hidden_dropout=nan: expected a probability in [0, 1)"),
+    ("pad_token_id=30522", "pad_token_id=30522: expected a token id in 0..30521 (vocab_size=30522)"),
+])
+def test_out_of_range_override_is_a_clear_error(setting, expected, capsys):
+    assert main(["info", "--preset", "bert-base", "--set", setting]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"bertforge: error: --set: {expected}"]

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Callable, Literal, get_args
 
 from .errors import BertforgeError
 from .files import write_json
@@ -76,15 +77,20 @@ class ModelConfig:
             choices = _literal_choices(hints[f.name])
             if choices is not None and value not in choices:
                 raise BertforgeError(f"config field {f.name}={value!r} is not one of {', '.join(map(repr, choices))}")
+        # Sizes first: the divisibility and head-size checks below divide by them.
+        require(self, ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
+                       "max_position_embeddings", "max_relative_position"), lambda v: v > 0, "a whole number > 0")
+        require(self, ("embedding_size", "type_vocab_size", "position_offset"), lambda v: v >= 0,
+                "a whole number >= 0")
+        require(self, ("pad_token_id",), lambda v: 0 <= v < self.vocab_size,
+                f"a token id in 0..{self.vocab_size - 1} (vocab_size={self.vocab_size})")
+        require(self, ("hidden_dropout", "attention_dropout"), lambda v: 0 <= v < 1, "a probability in [0, 1)")
+        require(self, ("layer_norm_eps", "initializer_range"), lambda v: v > 0, "a number > 0")
         if self.hidden_size % self.num_heads:
-            raise BertforgeError(
-                f"config: hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}"
-            )
-        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size"):
-            if getattr(self, name) <= 0:
-                raise BertforgeError(f"config field {name}={getattr(self, name)} must be positive")
+            raise BertforgeError(f"num_heads={self.num_heads}: expected a divisor of hidden_size={self.hidden_size}")
         if self.position_type == "rotary" and self.head_dim % 2:
-            raise BertforgeError(f"config: rotary positions need an even head size, got {self.head_dim}")
+            raise BertforgeError(f"num_heads={self.num_heads}: rotary positions need an even head size "
+                                 f"(hidden_size / num_heads), got {self.head_dim}")
 
     @property
     def emb_size(self) -> int:
@@ -109,7 +115,11 @@ class ModelConfig:
             raise BertforgeError(
                 f"{source}: unknown config key {unknown[0]!r}; valid keys: {', '.join(sorted(names))}"
             )
-        return cls(**{k: _coerce(cls, k, v, source) for k, v in data.items()})
+        values = {k: _coerce(cls, k, v, source) for k, v in data.items()}
+        try:
+            return cls(**values)
+        except BertforgeError as exc:
+            raise BertforgeError(f"{source}: {exc}") from None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -137,6 +147,16 @@ class ModelConfig:
         except (OSError, json.JSONDecodeError) as exc:
             raise BertforgeError(f"{path}: cannot read config ({exc})") from exc
         return cls.from_dict(data, source=str(path))
+
+
+def require(obj: Any, names: tuple[str, ...], test: Callable[[Any], bool], expected: str) -> None:
+    """Refuse the first field of ``obj`` among ``names`` that is not a finite number passing ``test``, naming
+    the key, the value and what was ``expected`` (a nan passes no comparison: it would fail deep in torch)."""
+    for name in names:
+        value = getattr(obj, name)
+        number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if not (number and test(value)):
+            raise BertforgeError(f"{name}={value!r}: expected {expected}")
 
 
 def _literal_choices(tp: Any) -> tuple | None:

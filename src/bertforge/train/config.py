@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import yaml
 
-from ..config import _coerce, _literal_choices
+from ..config import _coerce, _literal_choices, require
 from ..errors import BertforgeError
 
 
@@ -72,22 +72,16 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_literals(self)
-        positive = ("grad_accum", "keep_last", "log_every")
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise BertforgeError(f"train config {name}={getattr(self, name)} must be positive")
-        non_negative = ("lr", "weight_decay", "eps", "warmup_steps", "warmup_ratio", "max_steps", "max_tokens",
-                        "max_minutes", "clip_norm", "eval_every", "eval_batches", "save_every_steps",
-                        "save_every_minutes", "power")
-        for name in non_negative:
-            if getattr(self, name) < 0:
-                raise BertforgeError(f"train config {name}={getattr(self, name)} must not be negative")
+        require(self, ("grad_accum", "keep_last", "log_every"), lambda v: v > 0, "a whole number > 0")
+        require(self, ("warmup_steps", "max_steps", "max_tokens", "eval_every", "eval_batches", "save_every_steps"),
+                lambda v: v >= 0, "a whole number >= 0")
+        require(self, ("lr", "weight_decay", "eps", "max_minutes", "clip_norm", "save_every_minutes", "power"),
+                lambda v: v >= 0, "a number >= 0")
+        require(self, ("warmup_ratio",), lambda v: 0 <= v < 1, "a fraction in [0, 1)")
         if not (self.max_steps or self.max_tokens or self.max_minutes):
             raise BertforgeError("train config: set a budget: max_steps, max_tokens or max_minutes (all are 0)")
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
-            raise BertforgeError(f"train config betas={self.betas!r}: expected two numbers in [0, 1)")
-        if self.warmup_ratio >= 1.0:
-            raise BertforgeError(f"train config warmup_ratio={self.warmup_ratio} must be below 1")
+            raise BertforgeError(f"betas={list(self.betas)!r}: expected two numbers in [0, 1)")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "train config") -> "TrainConfig":
@@ -114,7 +108,11 @@ def from_mapping(cls: type, data: dict[str, Any], source: str) -> Any:
     unknown = sorted(set(data) - set(names))
     if unknown:
         raise BertforgeError(f"{source}: unknown key {unknown[0]!r}; valid keys: {', '.join(names)}")
-    return cls(**{k: coerce(cls, k, v, source) for k, v in data.items()})
+    values = {k: coerce(cls, k, v, source) for k, v in data.items()}
+    try:
+        return cls(**values)
+    except BertforgeError as exc:  # a value out of range: say where it came from
+        raise BertforgeError(f"{source}: {exc}") from None
 
 
 def coerce(cls: type, key: str, value: Any, source: str) -> Any:
