@@ -111,6 +111,56 @@ def test_pretraining_distill_trains_and_resumes(teacher_and_store, tmp_path):
     assert AutoModel.from_pretrained(run / "final").config.num_layers == 1
 
 
+def _held_out(run):
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"kind": "eval"' in x]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["distill", "pretrain"])
+def test_resume_keeps_the_runs_distillation_settings(command, teacher_and_store, tmp_path):
+    """Either command's --resume of a `bertforge distill` run trains on with the run's student layers,
+    temperature and loss weights, and keeps them in config.json (pretrain --resume used the defaults
+    T=2, 5/2/1 and a student of every other layer, and dropped the "distill" section)."""
+    teacher_dir, store = teacher_and_store
+    run = tmp_path / "run"
+    assert main(["distill", "--teacher", str(teacher_dir), "--student-layers", "1", "--temperature", "4",
+                 "--alpha-ce", "0.5", "--alpha-mlm", "3", "--alpha-cos", "0", "--corpus", str(store),
+                 "--out", str(run), "--no-progress", "--set", *FAST, "max_steps=2"]) == 0
+    settings = json.loads((run / "config.json").read_text())["distill"]
+    assert main([command, "--resume", str(run), "--no-progress", "--set", "max_steps=4"]) == 0
+    assert json.loads((run / "config.json").read_text())["distill"] == settings
+    for record in _held_out(run):  # the loss is the run's weighted sum, before and after the resume
+        assert record["loss"] == pytest.approx(0.5 * record["soft_loss"] + 3 * record["mlm_loss"], rel=1e-5)
+    assert [r["step"] for r in _held_out(run)] == [2, 4]
+    from bertforge import AutoModel
+
+    assert AutoModel.from_pretrained(run / "final").config.num_layers == 1
+
+
+def test_distill_resume_refuses_flags_that_change_the_run(teacher_and_store, tmp_path, capsys):
+    """Flags a resumed run would ignore (its settings come from config.json) are refused, each named,
+    before anything is read or written."""
+    teacher_dir, store = teacher_and_store
+    _fails(capsys, ["distill", "--resume", str(tmp_path / "run"), "--temperature", "9", "--alpha-ce", "3",
+                    "--teacher", str(teacher_dir), "--corpus", str(store), "--student-layers", "1"],
+           "drop --teacher, --corpus, --student-layers, --temperature, --alpha-ce")
+    assert not (tmp_path / "run").exists()
+
+
+def test_interrupted_distill_says_how_to_resume(monkeypatch, capsys, teacher_and_store, tmp_path):
+    """An interrupted run has no final/ yet: the last line says how to continue, not where the student is."""
+    import bertforge.distill
+    from bertforge.train.loop import TrainResult
+
+    teacher_dir, store = teacher_and_store
+    monkeypatch.setattr(bertforge.distill, "distill_pretrain",
+                        lambda *a, **k: TrainResult(7, 100, 6.0, "interrupted", None, {}))
+    run = tmp_path / "run"
+    assert main(["distill", "--teacher", str(teacher_dir), "--corpus", str(store), "--out", str(run)]) == 130
+    out = capsys.readouterr().out
+    assert f"continue with bertforge distill --resume {run}" in out and "final" not in out
+
+
 def _fails(capsys, argv, message):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -13,6 +13,7 @@ from bertforge.errors import BertforgeError
 from bertforge.pretrain import make_spec, pretrain, spec_from_run, split_settings
 from bertforge.recipes import RECIPES
 from taskkit import source_text
+from test_train import records
 
 CHINESE_KINDS = {"chinese-char", "chinese-word"}
 FAST = ["max_steps=3", "batch_size=8", "max_len=64", "eval_batches=2", "eval_every=0", "save_every_steps=0",
@@ -61,9 +62,11 @@ def _teacher(stores, kind="wordpiece") -> Path:
 @pytest.mark.parametrize("name", sorted(RECIPES))
 def test_every_recipe_runs_end_to_end(name, stores, tmp_path):
     store = stores(RECIPES[name].tokenizer)
-    extra = {"teacher": str(_teacher(stores))} if name == "distilbert" else {}
-    spec = make_spec(name, str(store), "tiny", assignments=FAST + ["hidden_size=32", "intermediate_size=64",
-                                                                    "num_heads=2"],
+    if name == "distilbert":  # the student is the teacher's shape: no size, no model settings
+        size, model, extra = None, [], {"teacher": str(_teacher(stores))}
+    else:
+        size, model, extra = "tiny", ["hidden_size=32", "intermediate_size=64", "num_heads=2"], {}
+    spec = make_spec(name, str(store), size, assignments=FAST + model,
                      tokenizer=str(stores.root / f"tok-{RECIPES[name].tokenizer}"), **extra)
     result = pretrain(spec, tmp_path / "run", progress_bar=False)
     assert result.step == 3 and result.stopped_by == "max_steps"
@@ -147,6 +150,107 @@ def test_cli_bad_input_one_line(tmp_path, capsys, stores):
     code = main(["pretrain", "--recipe", "bert", "--corpus", str(store), "--tokenizer", str(other),
                  "--out", str(tmp_path / "r2"), "--set", "max_steps=1"])
     assert code == 2 and "was built with tokenizer" in capsys.readouterr().err
+
+
+def _one_line_error(capsys, argv) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("num_heads=0", "--set: num_heads=0: expected a whole number > 0"),  # was a ZeroDivisionError
+    ("num_heads=3", "--set: num_heads=3: expected a divisor of hidden_size=128"),
+    ("embedding_size=-4", "--set: embedding_size=-4: expected a whole number >= 0"),
+    ("initializer_range=-1", "--set: initializer_range=-1.0: expected a number > 0"),
+    ("hidden_dropout=2", "--set: hidden_dropout=2.0: expected a probability in [0, 1)"),
+    ("intermediate_size=0", "--set: intermediate_size=0: expected a whole number > 0"),
+    ("lr=nan", "--set: lr=nan: expected a number >= 0"),  # was torch's "Invalid learning rate" after the run began
+    ("clip_norm=inf", "--set: clip_norm=inf: expected a number >= 0"),
+    ("batch_size=0", "--set: batch_size=0: expected a whole number > 0"),
+    ("mask_budget=1.5", "--set: mask_budget=1.5: expected a fraction in (0, 1]"),
+    ("vocab_size=10", "model.vocab_size=10: expected at least"),  # was a TypeError
+])
+def test_bad_settings_are_refused_before_anything_is_written(setting, message, stores, tmp_path, capsys):
+    store = stores("wordpiece")
+    run = tmp_path / "run"
+    error = _one_line_error(capsys, ["pretrain", "--recipe", "bert", "--corpus", str(store), "--out", str(run),
+                                     "--no-progress", "--set", *FAST, setting])
+    assert message in error
+    assert not run.exists()
+
+
+def test_errors_from_a_config_file_name_the_file(tmp_path, capsys):
+    """A bad value from --config FILE is reported against FILE, one from --set against --set; a file value
+    that a --set value completes (heads there, width here) is accepted."""
+    settings = tmp_path / "settings.yaml"
+    settings.write_text("model:\n  num_heads: 0\n")
+    base = ["pretrain", "--recipe", "bert", "--corpus", str(tmp_path / "x"), "--out", str(tmp_path / "run")]
+    assert _one_line_error(capsys, [*base, "--config", str(settings)]).endswith(
+        f"{settings}: num_heads=0: expected a whole number > 0")
+    settings.write_text("lr: fast\nmax_steps: 2\n")
+    assert f"{settings}: lr='fast' is not a valid float" in _one_line_error(capsys, [*base, "--config", str(settings)])
+    settings.write_text("train: {max_steps: 2}\n")
+    assert "--set: max_len=0:" in _one_line_error(capsys, [*base, "--config", str(settings), "--set", "max_len=0"])
+    settings.write_text("model: {num_heads: 3}\n")
+    spec = make_spec("bert", str(tmp_path / "x"), config_file=str(settings), assignments=["hidden_size=48"])
+    assert spec.model == {"num_heads": 3, "hidden_size": "48"}
+    assert not (tmp_path / "run").exists()
+
+
+def test_teacher_and_distilbert_student_flags_are_checked(stores, tmp_path, capsys):
+    """distilbert's student is every other teacher layer at the teacher's width (docs/pretraining.md): --size
+    and model settings are refused, not ignored; --teacher with any other recipe is refused too."""
+    teacher = str(_teacher(stores))
+    base = ["pretrain", "--recipe", "distilbert", "--corpus", str(stores("wordpiece")), "--out", str(tmp_path / "r")]
+    assert "--size mini: the distilbert student is every other layer of the teacher" in _one_line_error(
+        capsys, [*base, "--teacher", teacher, "--size", "mini"])
+    assert "--set: model.hidden_size: the distilbert student" in _one_line_error(
+        capsys, [*base, "--teacher", teacher, "--set", "hidden_size=64"])
+    assert "needs --teacher" in _one_line_error(capsys, base)
+    assert "recipe 'bert' trains no student, drop --teacher" in _one_line_error(
+        capsys, ["pretrain", "--recipe", "bert", "--corpus", str(stores("wordpiece")), "--out", str(tmp_path / "r"),
+                 "--teacher", teacher])
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_resume_from_another_directory(stores, tmp_path, monkeypatch):
+    """Paths given relative to the working directory are recorded absolute: --resume works from anywhere,
+    and does not pick up another directory's store of the same name."""
+    import shutil
+
+    (tmp_path / "a").mkdir()
+    shutil.copytree(stores("wordpiece"), tmp_path / "a" / "c.store")
+    monkeypatch.chdir(tmp_path / "a")
+    assert main(["pretrain", "--recipe", "roberta", "--corpus", "c.store", "--out", "run", "--no-progress", "--set",
+                 *FAST, "max_steps=1", "hidden_size=32", "intermediate_size=64", "num_heads=2"]) == 0
+    recorded = json.loads((tmp_path / "a" / "run" / "config.json").read_text())["pretrain"]
+    assert recorded["corpus"] == str(tmp_path / "a" / "c.store")
+    (tmp_path / "b" / "c.store").mkdir(parents=True)  # a decoy of the same name: not a store at all
+    monkeypatch.chdir(tmp_path / "b")
+    with pytest.warns(UserWarning, match="max_steps 1 -> 2"):
+        assert main(["pretrain", "--resume", str(tmp_path / "a" / "run"), "--no-progress", "--set", "max_steps=2"]) == 0
+    assert [r["step"] for r in records(tmp_path / "a" / "run", "train")] == [1, 2]
+
+
+def test_resume_of_a_run_recorded_with_relative_paths(tmp_path, monkeypatch):
+    """Runs of older versions recorded paths as given: they resolve against the current directory, and a
+    missing one is refused with where to resume from."""
+    run = tmp_path / "run"
+    run.mkdir()
+    spec = {"recipe": "bert", "corpus": "c.store", "tokenizer": "tok"}
+    (run / "config.json").write_text(json.dumps({"pretrain": spec}))
+    (tmp_path / "c.store").mkdir()
+    (tmp_path / "tok").mkdir()
+    monkeypatch.chdir(tmp_path)
+    resumed = spec_from_run(run)
+    assert (resumed.corpus, resumed.tokenizer) == (str(tmp_path / "c.store"), str(tmp_path / "tok"))
+    monkeypatch.chdir(run)
+    with pytest.raises(BertforgeError, match="records corpus 'c.store' relative to the directory the run was "
+                                             "started in.*resume from that directory"):
+        spec_from_run(run)
 
 
 @pytest.mark.slow

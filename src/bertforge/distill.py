@@ -21,12 +21,14 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import require
 from .errors import BertforgeError
 from .files import write_json
 from .tasks import TaskModel
@@ -87,12 +89,12 @@ def distill_pretrain(spec, run_dir: str | Path, layers: Sequence[int] | None = N
                      alpha_cos: float = 1.0, resume: bool = False, progress_bar: bool = True):
     """Pretraining distillation of ``spec.teacher`` (a PretrainSpec of the distilbert recipe, from
     pretrain.make_spec) into a student of the chosen teacher layers; returns the loop's TrainResult.
-    With ``resume=True`` the layers and loss weights come from RUN_DIR/config.json."""
+    With ``resume=True`` the layers and loss weights come from RUN_DIR/config.json (the arguments are not
+    used). `bertforge pretrain --recipe distilbert` runs this too, with the defaults."""
     from .auto import AutoModelForMaskedLM
     from .data.tokenizers import AutoTokenizer
     from .objectives import DistillationObjective, student_from_teacher
-    from .pretrain import DataConfig, build_streams, exporter, load_tokenizer, open_corpus, train_config, world_size
-    from .train.config import from_mapping
+    from .pretrain import build_streams, data_config, exporter, load_tokenizer, open_corpus, train_config, world_size
     from .train.checkpoint import seed_everything
     from .train.loop import Trainer
 
@@ -100,18 +102,19 @@ def distill_pretrain(spec, run_dir: str | Path, layers: Sequence[int] | None = N
         raise BertforgeError(f"pretraining distillation runs the distilbert recipe, not {spec.recipe!r}")
     if not spec.teacher:
         raise BertforgeError("pretraining distillation needs --teacher DIR (a checkpoint with an MLM head)")
-    if spec.model:
-        raise BertforgeError(f"--set {next(iter(spec.model))}: the student's architecture is the teacher's "
-                             "(minus layers); model settings cannot change")
-    if resume:
-        settings = settings_from_run(run_dir)
+    # What the student and the loss are; a resumed run keeps what it recorded.
+    settings = {"temperature": temperature, "alpha_ce": alpha_ce, "alpha_mlm": alpha_mlm, "alpha_cos": alpha_cos,
+                **(settings_from_run(run_dir) if resume else {})}
+    weights = SimpleNamespace(**settings)
+    require(weights, ("temperature",), lambda v: v > 0, "a number > 0")
+    require(weights, ("alpha_ce", "alpha_mlm", "alpha_cos"), lambda v: v >= 0, "a number >= 0")
     store = open_corpus(spec)
     tokenizer = load_tokenizer(spec, store)
     if (Path(spec.teacher) / "tokenizer_config.json").is_file() or (Path(spec.teacher) / "vocab.txt").is_file():
         # The teacher's logits index its own vocabulary: the store must be encoded with the same tokenizer.
         store.check_tokenizer(AutoTokenizer.from_pretrained(spec.teacher))
     tcfg = train_config(spec)
-    batch_size = from_mapping(DataConfig, spec.data, "--set").batch_size
+    batch_size = data_config(spec).batch_size
     if batch_size % world_size():
         raise BertforgeError(f"batch_size={batch_size} cannot be split evenly over {world_size()} processes; "
                              f"use a multiple of {world_size()}")
@@ -120,10 +123,9 @@ def distill_pretrain(spec, run_dir: str | Path, layers: Sequence[int] | None = N
     if teacher.config.vocab_size < int(store.vocab_size):
         raise BertforgeError(f"teacher {spec.teacher} has {teacher.config.vocab_size} embedding rows but the store "
                              f"{spec.corpus} has a vocabulary of {store.vocab_size}")
-    if not resume:
+    if "layers" not in settings:
         settings = {"teacher_layers": teacher.config.num_layers,
-                    "layers": student_layers(teacher.config.num_layers, num_layers, layers),
-                    "temperature": temperature, "alpha_ce": alpha_ce, "alpha_mlm": alpha_mlm, "alpha_cos": alpha_cos}
+                    "layers": student_layers(teacher.config.num_layers, num_layers, layers), **settings}
     student = student_from_teacher(teacher, layers=settings["layers"])
     objective = DistillationObjective(teacher, student, settings["temperature"], settings["alpha_ce"],
                                       settings["alpha_mlm"], settings["alpha_cos"])
@@ -135,14 +137,21 @@ def distill_pretrain(spec, run_dir: str | Path, layers: Sequence[int] | None = N
 
 
 def settings_from_run(run_dir: str | Path) -> dict:
-    """The "distill" section of a distillation run's config.json (layers, temperature, loss weights)."""
+    """The "distill" section of a distillation run's config.json (layers, temperature, loss weights). A run
+    of `bertforge pretrain --recipe distilbert` by an older version recorded none: it used the defaults,
+    so {} (distill_pretrain's defaults) stands for them."""
     path = Path(run_dir) / "config.json"
     try:
-        return json.loads(path.read_text())["distill"]
+        config = json.loads(path.read_text())
     except FileNotFoundError:
         raise BertforgeError(f"{path} does not exist: {run_dir} is not a bertforge distillation run") from None
-    except (KeyError, json.JSONDecodeError) as exc:
-        raise BertforgeError(f"{path}: no distillation settings ({exc}); was it made by `bertforge distill`?") from None
+    except json.JSONDecodeError as exc:
+        raise BertforgeError(f"{path}: not valid JSON ({exc})") from None
+    if "distill" in config:
+        return config["distill"]
+    if config.get("pretrain", {}).get("recipe") == "distilbert":
+        return {}
+    raise BertforgeError(f"{path}: no distillation settings; was it made by `bertforge distill`?")
 
 
 # ---- task distillation ------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import ModelConfig
+from .config import ModelConfig, require
 from .errors import BertforgeError
 from .files import write_json
 from .recipes import SIZES, Recipe, model_config, recipe as get_recipe
@@ -49,6 +49,12 @@ class DataConfig:
     # 3-11%. (Held-out batches stay random: the loop averages their metrics per batch.)
     group_by_length: bool = True
 
+    def __post_init__(self) -> None:
+        require(self, ("max_len", "batch_size"), lambda v: v > 0, "a whole number > 0")
+        require(self, ("dupe_factor", "pad_to_multiple_of"), lambda v: v >= 0, "a whole number >= 0")
+        require(self, ("mask_budget", "generator_fraction"), lambda v: 0 < v <= 1, "a fraction in (0, 1]")
+        require(self, ("rtd_weight",), lambda v: v >= 0, "a number >= 0")
+
 
 @dataclass(frozen=True)
 class PretrainSpec:
@@ -60,6 +66,8 @@ class PretrainSpec:
     tokenizer: str = ""  # tokenizer directory; "" = the store's copy, or --init's
     init: str = ""  # continue pretraining this checkpoint directory
     teacher: str = ""  # distilbert: the teacher checkpoint directory
+    # corpus, tokenizer, init and teacher are absolute paths, so --resume works from any directory (runs of
+    # older versions may hold paths relative to the directory they were started in)
     model: dict = field(default_factory=dict)  # ModelConfig overrides
     train: dict = field(default_factory=dict)  # TrainConfig overrides (on top of the recipe's optim)
     data: dict = field(default_factory=dict)  # DataConfig overrides
@@ -111,24 +119,81 @@ def split_settings(mapping: dict[str, Any], source: str) -> dict[str, dict[str, 
     return out
 
 
-def make_spec(recipe: str, corpus: str, size: str = "tiny", config_file: str | None = None,
+def make_spec(recipe: str, corpus: str, size: str | None = None, config_file: str | None = None,
               assignments: list[str] | None = None, **paths: str) -> PretrainSpec:
-    get_recipe(recipe)
-    if size not in SIZES:
+    """The spec of a new run; every setting is checked here, before anything is built or written. ``size``
+    None is the default (tiny); the distilbert recipe refuses one, its student is the teacher's shape."""
+    r = get_recipe(recipe)
+    if size is not None and size not in SIZES:
         raise BertforgeError(f"unknown --size {size!r}; valid sizes: {', '.join(SIZES)}")
+    if r.objectives == ("distill",):
+        if size is not None:
+            raise BertforgeError(f"--size {size}: the distilbert student is every other layer of the teacher, with its "
+                                 "width; drop --size (bertforge distill --student-layers N or --layers I,J,... "
+                                 "choose its depth)")
+        if paths.get("init"):
+            raise BertforgeError("--init with the distilbert recipe: the student starts from the --teacher's layers; "
+                                 "drop --init")
+        if not paths.get("teacher"):
+            raise BertforgeError("the distilbert recipe needs --teacher DIR (a checkpoint with an MLM head)")
+    elif paths.get("teacher"):
+        raise BertforgeError(f"--teacher is for the distilbert recipe (and bertforge distill); recipe {recipe!r} "
+                             "trains no student, drop --teacher")
+    spec = PretrainSpec(recipe=recipe, corpus=absolute(corpus), size=size or "tiny",
+                        **{k: absolute(v) for k, v in paths.items() if v})
     settings: dict[str, dict] = {name: {} for name in (*_SECTIONS, "recipe")}
-    if config_file:
-        for sec, values in split_settings(read_yaml_mapping(config_file), str(config_file)).items():
+    layers = ([(read_yaml_mapping(config_file), str(config_file))] if config_file else []) + [
+        (parse_assignments(assignments), "--set")]
+    specs = []  # (the spec with the settings up to this layer, the layer's name)
+    for mapping, source in layers:
+        for sec, values in split_settings(mapping, source).items():
             settings[sec].update(values)
-    for sec, values in split_settings(parse_assignments(assignments), "--set").items():
-        settings[sec].update(values)
-    spec = PretrainSpec(recipe=recipe, corpus=str(corpus), size=size, **{k: v for k, v in paths.items() if v},
-                        model=settings["model"], train=settings["train"], data=settings["data"],
-                        recipe_settings=settings["recipe"])
-    spec_recipe(spec)
-    train_config(spec)  # validate every value now, before any long work
-    from_mapping(DataConfig, spec.data, "--set")
-    return spec
+        specs.append((dataclasses.replace(spec, model=dict(settings["model"]), train=dict(settings["train"]),
+                                          data=dict(settings["data"]), recipe_settings=dict(settings["recipe"])),
+                      source))
+    error = _check_error(specs[-1][0])
+    if error:
+        # Name the file or --set that brought the bad value: the first layer whose settings, with those below
+        # it, already give this error (checking the file alone up front would refuse a file value that --set
+        # completes, e.g. num_heads there and hidden_size here).
+        blamed = next(source for partial, source in specs if _check_error(partial) == error)
+        raise BertforgeError(error.replace(_SOURCE, blamed))
+    return specs[-1][0]
+
+
+_SOURCE = "<source>"  # stands for the name of a settings layer in check_spec's errors until it is known
+
+
+def _check_error(spec: PretrainSpec) -> str | None:
+    try:
+        check_spec(spec, _SOURCE)
+    except BertforgeError as exc:
+        return str(exc)
+    return None
+
+
+def check_spec(spec: PretrainSpec, source: str) -> None:
+    """Every setting of ``spec`` checked, before any long work; errors name ``source`` (a file or --set)."""
+    try:
+        spec_recipe(spec)
+    except BertforgeError as exc:
+        raise BertforgeError(f"{source}: {exc}") from None
+    train_config(spec, source)
+    data_config(spec, source)
+    r = get_recipe(spec.recipe)
+    if spec.model and (spec.init or r.objectives == ("distill",)):
+        key = next(iter(spec.model))
+        origin = (f"--init {spec.init}: the architecture comes from the checkpoint" if spec.init else
+                  "the distilbert student is every other layer of the teacher, with its architecture")
+        raise BertforgeError(f"{source}: model.{key}: {origin}; model settings cannot change, drop it")
+    if not (spec.init or r.objectives == ("distill",)):
+        # The store's vocabulary is not known yet: a stand-in that a vocab_size setting replaces (the store's
+        # own is checked against it in build_model_config).
+        model_config(spec.recipe, spec.size, source=source, **{"vocab_size": 30522, **spec.model})
+
+
+def absolute(path: str | Path) -> str:
+    return str(Path(path).expanduser().resolve()) if str(path) else ""
 
 
 def spec_recipe(spec: PretrainSpec) -> Recipe:
@@ -173,10 +238,14 @@ def spec_recipe(spec: PretrainSpec) -> Recipe:
     return dataclasses.replace(r, **changes)
 
 
-def train_config(spec: PretrainSpec) -> TrainConfig:
+def train_config(spec: PretrainSpec, source: str = "train settings") -> TrainConfig:
     r = get_recipe(spec.recipe)
     base = {k: (list(v) if isinstance(v, tuple) else v) for k, v in r.optim.items()}
-    return from_mapping(TrainConfig, {**base, **spec.train}, "--set")
+    return from_mapping(TrainConfig, {**base, **spec.train}, source)
+
+
+def data_config(spec: PretrainSpec, source: str = "data settings") -> DataConfig:
+    return from_mapping(DataConfig, spec.data, source)
 
 
 # ---- assembly --------------------------------------------------------------------------------------
@@ -209,15 +278,19 @@ def _has_tokenizer(d: Path) -> bool:
 
 def build_model_config(spec: PretrainSpec, store) -> ModelConfig:
     r = get_recipe(spec.recipe)
-    data = from_mapping(DataConfig, spec.data, "--set")
+    data = data_config(spec)
     pad = int(store.manifest["special_ids"]["pad"])
     overrides: dict[str, Any] = {"pad_token_id": pad}
     if r.model.get("position_offset"):
         overrides["position_offset"] = pad + 1  # RoBERTa positions start after the padding index
     need = data.max_len + overrides.get("position_offset", 0)
     overrides["max_position_embeddings"] = max(512, need)
-    overrides.update(spec.model)
-    return model_config(spec.recipe, spec.size, int(store.vocab_size), **overrides)
+    config = model_config(spec.recipe, spec.size, **{"vocab_size": int(store.vocab_size), **overrides, **spec.model},
+                          source="model settings")
+    if config.vocab_size < store.vocab_size:
+        raise BertforgeError(f"model.vocab_size={config.vocab_size}: expected at least {store.vocab_size}, the "
+                             f"vocabulary of the corpus store {spec.corpus}")
+    return config
 
 
 def build_masker(r: Recipe, data: DataConfig, store, tokenizer):
@@ -241,25 +314,15 @@ def build_objective(spec: PretrainSpec, config: ModelConfig):
     from .heads import PretrainingModel
 
     r = spec_recipe(spec)
-    data = from_mapping(DataConfig, spec.data, "--set")
+    data = data_config(spec)
     if r.objectives == ("electra",):
         if spec.init:
             raise BertforgeError("--init with the electra recipe is not supported yet: it trains a generator and "
                                  "a discriminator from scratch")
         return objectives.ElectraObjective.from_config(config, generator_fraction=data.generator_fraction,
                                                        rtd_weight=data.rtd_weight)
-    if r.objectives == ("distill",):
-        if not spec.teacher:
-            raise BertforgeError("the distilbert recipe needs --teacher DIR (a checkpoint with an MLM head)")
-        from .auto import AutoModelForMaskedLM
-
-        teacher = AutoModelForMaskedLM.from_pretrained(spec.teacher, heads=("mlm",))
-        return objectives.DistillationObjective(teacher, objectives.student_from_teacher(teacher))
     heads = objectives.required_heads(r.objectives)
     if spec.init:
-        if spec.model:
-            raise BertforgeError(f"--init {spec.init}: the architecture comes from the checkpoint; drop the model "
-                                 f"setting {next(iter(spec.model))!r}")
         from .auto import AutoModelForPreTraining
 
         model = AutoModelForPreTraining.from_pretrained(spec.init, heads=heads)
@@ -275,7 +338,7 @@ def build_streams(spec: PretrainSpec, store, tokenizer, seed: int, eval_batches:
     from .data.collate import PretrainingStream
 
     r = spec_recipe(spec)
-    data = from_mapping(DataConfig, spec.data, "--set")
+    data = data_config(spec)
     masker = build_masker(r, data, store, tokenizer)
     make = builder(r.builder, max_len=data.max_len)
     dupe = data.dupe_factor or r.dupe_factor
@@ -360,7 +423,13 @@ def pretrain(spec: PretrainSpec, run_dir: str | Path, resume: bool = False, prog
     from .train.checkpoint import seed_everything
     from .train.loop import Trainer
 
-    data = from_mapping(DataConfig, spec.data, "--set")
+    if spec_recipe(spec).objectives == ("distill",):
+        # One path for distillation runs, whichever command started them: the student's layers and the loss
+        # weights are recorded in (and on resume read from) RUN_DIR/config.json.
+        from .distill import distill_pretrain
+
+        return distill_pretrain(spec, run_dir, resume=resume, progress_bar=progress_bar)
+    data = data_config(spec)
     world = world_size()
     if data.batch_size % world:
         # The stream yields global micro-batches and each process trains on its contiguous share of rows.
@@ -399,6 +468,7 @@ def spec_from_run(run_dir: str | Path, assignments: list[str] | None = None) -> 
         raise BertforgeError(f"{path} does not exist: {run_dir} is not a bertforge pretraining run") from None
     except (KeyError, TypeError, json.JSONDecodeError) as exc:
         raise BertforgeError(f"{path}: not a pretraining run config ({exc})") from None
+    spec = dataclasses.replace(spec, **_recorded_paths(spec, path))
     if not assignments:
         return spec
     routed = split_settings(parse_assignments(assignments), "--set")
@@ -408,9 +478,24 @@ def spec_from_run(run_dir: str | Path, assignments: list[str] | None = None) -> 
     if routed["recipe"]:
         raise BertforgeError(f"--resume: recipe setting {next(iter(routed['recipe']))!r} cannot change mid-run")
     spec = dataclasses.replace(spec, train={**spec.train, **routed["train"]}, data={**spec.data, **routed["data"]})
-    train_config(spec)
-    from_mapping(DataConfig, spec.data, "--set")
+    train_config(spec, "--set")
+    data_config(spec, "--set")
     return spec
+
+
+def _recorded_paths(spec: PretrainSpec, config_path: Path) -> dict[str, str]:
+    """The spec's paths made absolute. Older versions recorded them as given, relative to a working directory
+    they did not record: the current one is the only guess, and a path missing from it is refused."""
+    paths = {}
+    for name in ("corpus", "tokenizer", "init", "teacher"):
+        value = getattr(spec, name)
+        if not value or Path(value).is_absolute():
+            continue
+        if not Path(value).exists():
+            raise BertforgeError(f"{config_path} records {name} {value!r} relative to the directory the run was "
+                                 f"started in, and {Path.cwd()} has no {value}; resume from that directory")
+        paths[name] = absolute(value)
+    return paths
 
 
 # ---- the demo's main job ---------------------------------------------------------------------------

@@ -151,8 +151,9 @@ def recipe(name: str) -> Recipe:
         raise BertforgeError(f"unknown recipe {name!r}; valid recipes: {', '.join(RECIPES)}") from None
 
 
-def model_config(name: str, size: str, vocab_size: int, **overrides) -> ModelConfig:
-    """The architecture of recipe ``name`` at ``size`` for a tokenizer of ``vocab_size`` ids."""
+def model_config(name: str, size: str, vocab_size: int, source: str = "config", **overrides) -> ModelConfig:
+    """The architecture of recipe ``name`` at ``size`` for a tokenizer of ``vocab_size`` ids; ``source``
+    names where ``overrides`` came from in errors."""
     r = recipe(name)
     if size not in SIZES:
         raise BertforgeError(f"unknown size {size!r}; valid sizes: {', '.join(SIZES)}")
@@ -162,4 +163,4 @@ def model_config(name: str, size: str, vocab_size: int, **overrides) -> ModelCon
     # ALBERT's E=128 is a bottleneck only when H is larger; keep E below H at the small sizes.
     if fields.get("embedding_size", 0) >= hidden:
         fields["embedding_size"] = hidden // 2
-    return ModelConfig.from_dict({**fields, **overrides})
+    return ModelConfig.from_dict({**fields, **overrides}, source=source)

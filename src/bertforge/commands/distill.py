@@ -37,14 +37,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--student-layers", type=positive, metavar="N", help="student depth: the first N of teacher layers "
                    "0, 2, 4, ... (default: all of them, half the teacher's depth)")
     p.add_argument("--layers", metavar="I,J,...", help="teacher layers the student copies, e.g. 0,2,4,7,9,11")
-    p.add_argument("--temperature", type=float, default=2.0, help="softmax temperature of the soft targets (default 2)")
+    p.add_argument("--temperature", type=float, help="softmax temperature of the soft targets (default 2)")
     g = p.add_argument_group("pretraining distillation")
     g.add_argument("--corpus", metavar="STORE", help="corpus store directory (`bertforge corpus build`)")
     g.add_argument("--tokenizer", metavar="DIR", default="", help="tokenizer the store was built with "
                    "(default: the store's tokenizer/ copy)")
-    g.add_argument("--alpha-ce", type=float, default=5.0, help="weight of the soft-target loss (default 5)")
-    g.add_argument("--alpha-mlm", type=float, default=2.0, help="weight of the MLM loss (default 2)")
-    g.add_argument("--alpha-cos", type=float, default=1.0, help="weight of the hidden-state cosine loss (default 1)")
+    g.add_argument("--alpha-ce", type=float, help="weight of the soft-target loss (default 5)")
+    g.add_argument("--alpha-mlm", type=float, help="weight of the MLM loss (default 2)")
+    g.add_argument("--alpha-cos", type=float, help="weight of the hidden-state cosine loss (default 1)")
     g.add_argument("--config", metavar="FILE.yaml", help="settings file (train:, data: or flat keys)")
     g.add_argument("--resume", metavar="RUN_DIR", help="continue a pretraining distillation run")
     t = p.add_argument_group("task distillation")
@@ -72,6 +72,10 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import BertforgeError
 
     layers = parse_layers(args.layers)
+    # The loss flags have no argparse defaults (the functions have them): --resume must tell a flag given from
+    # one left out.
+    loss = {k: getattr(args, k) for k in ("temperature", "alpha_ce", "alpha_mlm", "alpha_cos")
+            if getattr(args, k) is not None}
     if args.task or args.train:
         missing = [f"--{n}" for n in ("task", "teacher", "train", "out") if not getattr(args, n)]
         if missing or args.corpus or args.resume:
@@ -82,17 +86,21 @@ def run(args: argparse.Namespace) -> int:
         train = TrainConfig.from_dict({"lr": args.lr, "warmup_ratio": 0.1, "keep_last": 1, "log_every": 10},
                                       source="distill defaults").with_overrides(args.set)
         summary = distill_task(args.teacher, args.train, args.out, task=args.task, num_layers=args.student_layers,
-                               layers=layers, eval_spec=args.eval, temperature=args.temperature,
-                               soft_weight=args.soft_weight, hard_weight=args.hard_weight, train=train,
-                               epochs=args.epochs, batch_size=args.batch_size, eval_every=args.eval_every,
-                               patience=args.patience, limit=args.limit, eval_limit=args.eval_limit,
-                               progress=not args.no_progress, group_by_length=args.group_by_length)
+                               layers=layers, eval_spec=args.eval, soft_weight=args.soft_weight,
+                               hard_weight=args.hard_weight, train=train, epochs=args.epochs,
+                               batch_size=args.batch_size, eval_every=args.eval_every, patience=args.patience,
+                               limit=args.limit, eval_limit=args.eval_limit, progress=not args.no_progress,
+                               group_by_length=args.group_by_length,
+                               **{k: v for k, v in loss.items() if k == "temperature"})
         print(json.dumps(summary, ensure_ascii=False))
         return 0
 
     from ..pretrain import make_spec, spec_from_run
+    from .pretrain import refuse_resume_flags
 
     if args.resume:
+        refuse_resume_flags(args, ("teacher", "corpus", "out", "config", "tokenizer", "student_layers", "layers",
+                                   "temperature", "alpha_ce", "alpha_mlm", "alpha_cos"))
         spec = spec_from_run(args.resume, args.set)
         result = distill_pretrain(spec, args.resume, resume=True, progress_bar=not args.no_progress)
         run_dir = args.resume
@@ -101,14 +109,15 @@ def run(args: argparse.Namespace) -> int:
         if missing:
             raise BertforgeError(f"missing {', '.join(missing)} (pretraining distillation; or --task and --train "
                                  "for task distillation, or --resume RUN_DIR)")
-        spec = make_spec("distilbert", args.corpus, "tiny", args.config, args.set, tokenizer=args.tokenizer,
+        spec = make_spec("distilbert", args.corpus, None, args.config, args.set, tokenizer=args.tokenizer,
                          teacher=args.teacher)
-        result = distill_pretrain(spec, args.out, layers, args.student_layers, temperature=args.temperature,
-                                  alpha_ce=args.alpha_ce, alpha_mlm=args.alpha_mlm, alpha_cos=args.alpha_cos,
+        result = distill_pretrain(spec, args.out, layers, args.student_layers, **loss,
                                   progress_bar=not args.no_progress)
         run_dir = args.out
+    where = (f"not finished: continue with bertforge distill --resume {run_dir}" if result.stopped_by == "interrupted"
+             else f"student in {run_dir}/final")
     print(f"stopped by {result.stopped_by} at step {result.step} ({result.tokens:,} tokens, "
-          f"{result.elapsed / 60:.1f} min); student in {run_dir}/final")
+          f"{result.elapsed / 60:.1f} min); {where}")
     if result.eval_metrics:
         print("held-out: " + ", ".join(f"{k} {v:.4f}" for k, v in result.eval_metrics.items()))
     return 130 if result.stopped_by == "interrupted" else 0

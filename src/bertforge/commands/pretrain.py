@@ -31,7 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recipe", help="recipe name (see `bertforge recipes`)")
     p.add_argument("--corpus", metavar="STORE", help="corpus store directory (`bertforge corpus build`)")
     p.add_argument("--out", metavar="RUN_DIR", help="run directory to create")
-    p.add_argument("--size", default="tiny", help="tiny, mini, small, base or large (default: tiny)")
+    p.add_argument("--size", help="tiny, mini, small, base or large (default: tiny; not with distilbert, whose "
+                   "student is every other layer of the teacher)")
     p.add_argument("--tokenizer", metavar="DIR", default="",
                    help="tokenizer the store was built with (default: the store's tokenizer/ copy or --init's)")
     p.add_argument("--init", metavar="DIR", default="", help="continue pretraining this checkpoint directory")
@@ -44,16 +45,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl)")
 
 
+def refuse_resume_flags(args: argparse.Namespace, names: tuple[str, ...]) -> None:
+    """A resumed run is rebuilt from its config.json: a flag that would change it is refused, not ignored."""
+    from ..errors import BertforgeError
+
+    given = [f"--{n.replace('_', '-')}" for n in names if getattr(args, n) not in (None, "")]
+    if given:
+        raise BertforgeError(f"--resume takes the run's own settings from {args.resume}/config.json; drop "
+                             f"{', '.join(given)} (only --set may change train. and data. settings)")
+
+
 def run(args: argparse.Namespace) -> int:
     from ..errors import BertforgeError
     from ..pretrain import make_spec, pretrain, spec_from_run
 
     if args.resume:
-        extra = [f"--{n}" for n in ("recipe", "corpus", "out", "config", "tokenizer", "init", "teacher")
-                 if getattr(args, n)]
-        if extra:
-            raise BertforgeError(f"--resume takes the run's own settings from {args.resume}/config.json; drop "
-                                 f"{', '.join(extra)} (only --set may change train. and data. settings)")
+        refuse_resume_flags(args, ("recipe", "corpus", "out", "size", "config", "tokenizer", "init", "teacher"))
         spec = spec_from_run(args.resume, args.set)
         result = pretrain(spec, args.resume, resume=True, progress_bar=not args.no_progress)
         run_dir = args.resume
