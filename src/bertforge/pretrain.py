@@ -293,7 +293,7 @@ def build_model_config(spec: PretrainSpec, store) -> ModelConfig:
     return config
 
 
-def build_masker(r: Recipe, data: DataConfig, store, tokenizer):
+def build_masker(r: Recipe, data: DataConfig, store, tokenizer, progress: bool = True):
     from .data.masking import MaskingConfig, Masker
 
     fields: dict[str, Any] = {"unit": r.mask_unit, "budget": data.mask_budget}
@@ -305,7 +305,7 @@ def build_masker(r: Recipe, data: DataConfig, store, tokenizer):
 
         fields["replacement"] = "similar"
         similar = (SimilarWords.from_synonyms_file(data.synonyms, tokenizer) if data.synonyms
-                   else SimilarWords.from_word2vec(store, "train"))
+                   else SimilarWords.from_word2vec(store, "train", progress=progress))
     return Masker.from_manifest(MaskingConfig(**fields), store.manifest, similar=similar)
 
 
@@ -331,15 +331,17 @@ def build_objective(spec: PretrainSpec, config: ModelConfig):
     return objectives.compose(model, r.objectives)
 
 
-def build_streams(spec: PretrainSpec, store, tokenizer, seed: int, eval_batches: int, step_batches: int = 1):
+def build_streams(spec: PretrainSpec, store, tokenizer, seed: int, eval_batches: int, step_batches: int = 1,
+                  progress: bool = True):
     """(training stream, held-out stream factory or None); ``step_batches``: micro-batches per optimizer step
-    (grad_accum), the unit the training stream groups by length."""
+    (grad_accum), the unit the training stream groups by length; ``progress``: bars for the set-up work
+    (MacBERT's word2vec)."""
     from .data.builders import builder
     from .data.collate import PretrainingStream
 
     r = spec_recipe(spec)
     data = data_config(spec)
-    masker = build_masker(r, data, store, tokenizer)
+    masker = build_masker(r, data, store, tokenizer, progress)
     make = builder(r.builder, max_len=data.max_len)
     dupe = data.dupe_factor or r.dupe_factor
     if data.pack:
@@ -451,7 +453,8 @@ def pretrain(spec: PretrainSpec, run_dir: str | Path, resume: bool = False, prog
     if model_cfg.position_type == "absolute" and positions > model_cfg.max_position_embeddings:
         raise BertforgeError(f"max_len={data.max_len} needs {positions} positions but the model has "
                              f"{model_cfg.max_position_embeddings}; lower max_len")
-    train_stream, eval_factory = build_streams(spec, store, tokenizer, tcfg.seed, tcfg.eval_batches, tcfg.grad_accum)
+    train_stream, eval_factory = build_streams(spec, store, tokenizer, tcfg.seed, tcfg.eval_batches, tcfg.grad_accum,
+                                               progress=progress_bar and int(os.environ.get("RANK", "0")) == 0)
     trainer = Trainer(objective, train_stream, eval_factory, tcfg, run_dir, resume=resume,
                       export_fn=exporter(objective, tokenizer, spec),
                       run_info={"pretrain": spec.to_dict(), "model": model_cfg.to_dict()}, progress_bar=progress_bar)
