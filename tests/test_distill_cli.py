@@ -176,6 +176,10 @@ def test_distill_cli_errors(teacher_and_store, tmp_path, capsys):
                     "--set", "hidden_size=64"], "model settings cannot change")
     _fails(capsys, ["distill", "--teacher", str(teacher_dir), "--layers", "0;2", "--corpus", str(store),
                     "--out", str(tmp_path / "w")], "expected comma-separated")
+    # a task distillation flag is refused by pretraining distillation, not ignored (--lr here would not set lr)
+    _fails(capsys, ["distill", "--teacher", str(teacher_dir), "--corpus", str(store), "--out", str(tmp_path / "v"),
+                    "--lr", "1e-3", "--epochs", "2"], "--epochs, --lr: task distillation's")
+    assert not (tmp_path / "v").exists()
 
 
 # ---- task distillation ----------------------------------------------------------------------------
@@ -287,3 +291,5 @@ def test_task_distillation_errors(task_teacher, tmp_path, capsys):
            "task distillation needs")
     _fails(capsys, ["distill", "--task", "pair", "--teacher", teacher, "--train", data, "--out", str(tmp_path / "y")],
            "is a 'classify' model")
+    _fails(capsys, ["distill", "--task", "classify", "--teacher", teacher, "--train", data, "--out", str(tmp_path / "z"),
+                    "--alpha-ce", "3"], "--alpha-ce: pretraining distillation's")

@@ -11,6 +11,12 @@ def add_fast_path_arguments(p) -> None:
                    "faster at batch 32 x 128 tokens; takes a minute or so, cached on disk for the next start)")
 
 
+def given_flags(args, names: tuple[str, ...]) -> list[str]:
+    """The options among ``names`` (argparse dests) given on the command line, as "--name": those options
+    have no argparse default, so a value other than None (or "") was typed."""
+    return [f"--{n.replace('_', '-')}" for n in names if getattr(args, n) not in (None, "")]
+
+
 def _whole(text: str, low: int, high: int | None, what: str) -> int:
     import argparse
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import non_negative, positive
+from . import given_flags, non_negative, positive
 from .finetune import GROUP_BY_LENGTH_HELP
 
 HELP = "distil a teacher into a smaller student (DistilBERT pretraining distillation, or a fine-tuned task)"
@@ -40,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, help="softmax temperature of the soft targets (default 2)")
     g = p.add_argument_group("pretraining distillation")
     g.add_argument("--corpus", metavar="STORE", help="corpus store directory (`bertforge corpus build`)")
-    g.add_argument("--tokenizer", metavar="DIR", default="", help="tokenizer the store was built with "
+    g.add_argument("--tokenizer", metavar="DIR", help="tokenizer the store was built with "
                    "(default: the store's tokenizer/ copy)")
     g.add_argument("--alpha-ce", type=float, help="weight of the soft-target loss (default 5)")
     g.add_argument("--alpha-mlm", type=float, help="weight of the MLM loss (default 2)")
@@ -51,18 +51,34 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--task", choices=("classify", "pair"), help="the fine-tuned teacher's task")
     t.add_argument("--train", help="training data: a file or a named dataset (as `bertforge finetune`)")
     t.add_argument("--eval", help="evaluation data: keep the best student in OUT/best and score the teacher")
-    t.add_argument("--soft-weight", type=float, default=1.0, help="weight of the soft-target KL (default 1)")
-    t.add_argument("--hard-weight", type=float, default=0.5, help="weight of the gold-label cross-entropy (default 0.5)")
-    t.add_argument("--epochs", type=float, default=3.0)
-    t.add_argument("--batch-size", type=positive, default=32)
+    # No argparse defaults in this group (TASK_DEFAULTS): a task flag given to pretraining distillation must be
+    # told from one left out, to refuse it instead of ignoring it.
+    t.add_argument("--soft-weight", type=float, help="weight of the soft-target KL (default 1)")
+    t.add_argument("--hard-weight", type=float, help="weight of the gold-label cross-entropy (default 0.5)")
+    t.add_argument("--epochs", type=float, help="training epochs (default 3)")
+    t.add_argument("--batch-size", type=positive, help="examples per batch (default 32)")
     t.add_argument("--group-by-length", action=argparse.BooleanOptionalAction, default=None, help=GROUP_BY_LENGTH_HELP)
-    t.add_argument("--lr", type=float, default=5e-5, help="peak learning rate (default 5e-5)")
-    t.add_argument("--eval-every", type=non_negative, default=0, help="evaluate every N steps (default: every epoch)")
-    t.add_argument("--patience", type=non_negative, default=0, help="stop after N evaluations without improvement (0 = never)")
+    t.add_argument("--lr", type=float, help="peak learning rate (default 5e-5)")
+    t.add_argument("--eval-every", type=non_negative, help="evaluate every N steps (default: every epoch)")
+    t.add_argument("--patience", type=non_negative, help="stop after N evaluations without improvement (default 0 = never)")
     t.add_argument("--limit", type=positive, help="use only the first N training examples")
     t.add_argument("--eval-limit", type=positive, help="use only the first N evaluation examples")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override settings, e.g. lr=3e-4")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+TASK_DEFAULTS = {"soft_weight": 1.0, "hard_weight": 0.5, "epochs": 3.0, "batch_size": 32, "lr": 5e-5, "eval_every": 0,
+                 "patience": 0}
+TASK_ONLY = ("task", "train", "eval", *TASK_DEFAULTS, "group_by_length", "limit", "eval_limit")
+PRETRAINING_ONLY = ("corpus", "tokenizer", "alpha_ce", "alpha_mlm", "alpha_cos", "config", "resume")
+
+
+def _refuse(args: argparse.Namespace, names: tuple[str, ...], why: str) -> None:
+    from ..errors import BertforgeError
+
+    given = given_flags(args, names)
+    if given:
+        raise BertforgeError(f"{', '.join(given)}: {why}; drop {'it' if len(given) == 1 else 'them'}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -78,9 +94,12 @@ def run(args: argparse.Namespace) -> int:
             if getattr(args, k) is not None}
     if args.task or args.train:
         missing = [f"--{n}" for n in ("task", "teacher", "train", "out") if not getattr(args, n)]
-        if missing or args.corpus or args.resume:
+        if missing:
             raise BertforgeError(f"task distillation needs --task, --teacher, --train and --out (missing "
-                                 f"{', '.join(missing) or 'nothing'}) and takes no --corpus or --resume")
+                                 f"{', '.join(missing)})")
+        _refuse(args, PRETRAINING_ONLY, "pretraining distillation's (--corpus), not task distillation's")
+        args = argparse.Namespace(**{**vars(args), **{k: v for k, v in TASK_DEFAULTS.items()
+                                                       if getattr(args, k) is None}})
         from ..train.config import TrainConfig
 
         train = TrainConfig.from_dict({"lr": args.lr, "warmup_ratio": 0.1, "keep_last": 1, "log_every": 10},
@@ -98,6 +117,9 @@ def run(args: argparse.Namespace) -> int:
     from ..pretrain import make_spec, spec_from_run
     from .pretrain import refuse_resume_flags
 
+    _refuse(args, TASK_ONLY, "task distillation's (--task, --train); pretraining distillation takes its "
+            "settings from --set (e.g. lr=3e-4 batch_size=64 max_steps=20000)")
+
     if args.resume:
         refuse_resume_flags(args, ("teacher", "corpus", "out", "config", "tokenizer", "student_layers", "layers",
                                    "temperature", "alpha_ce", "alpha_mlm", "alpha_cos"))
@@ -109,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
         if missing:
             raise BertforgeError(f"missing {', '.join(missing)} (pretraining distillation; or --task and --train "
                                  "for task distillation, or --resume RUN_DIR)")
-        spec = make_spec("distilbert", args.corpus, None, args.config, args.set, tokenizer=args.tokenizer,
+        spec = make_spec("distilbert", args.corpus, None, args.config, args.set, tokenizer=args.tokenizer or "",
                          teacher=args.teacher)
         result = distill_pretrain(spec, args.out, layers, args.student_layers, **loss,
                                   progress_bar=not args.no_progress)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from . import given_flags
+
 HELP = "pretrain a recipe (bert, roberta, albert, electra, spanbert, macbert, ...) on a corpus store"
 DESCRIPTION = """Pretrain a BERT-family model with a recipe's real objectives on a corpus store made by
 `bertforge corpus build`. One training loop serves every recipe: AdamW or LAMB, warmup + decay, gradient
@@ -49,7 +51,7 @@ def refuse_resume_flags(args: argparse.Namespace, names: tuple[str, ...]) -> Non
     """A resumed run is rebuilt from its config.json: a flag that would change it is refused, not ignored."""
     from ..errors import BertforgeError
 
-    given = [f"--{n.replace('_', '-')}" for n in names if getattr(args, n) not in (None, "")]
+    given = given_flags(args, names)
     if given:
         raise BertforgeError(f"--resume takes the run's own settings from {args.resume}/config.json; drop "
                              f"{', '.join(given)} (only --set may change train. and data. settings)")
