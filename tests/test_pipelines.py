@@ -85,6 +85,19 @@ def test_question_answering_answer_offsets_in_the_context(tmp_path):
         qa(["no dict"])
 
 
+def test_question_answering_warns_when_it_truncates_a_question(tmp_path, caplog):
+    task = TaskConfig("qa", max_length=24, doc_stride=4, max_question_length=6, max_answer_length=4)
+    save_task_model(build_task_model(Encoder(tiny_config()), task), tokenizer(tmp_path), tmp_path / "qa")
+    qa = pipeline("question-answering", tmp_path / "qa")
+    context = "我爱上海。张三住在北京。北京是中国的首都。" * 3  # longer than a window: read in windows, not cut
+    with caplog.at_level("WARNING", logger="bertforge"):
+        qa([{"question": "张三住在哪里", "context": context}])
+    assert "truncated" not in caplog.text
+    with caplog.at_level("WARNING", logger="bertforge"):
+        qa([{"question": "张三住在哪里", "context": context}, {"question": "张三住在哪里中国的首都", "context": context}])
+    assert "1 of 2 questions were longer than 6 tokens and were truncated" in caplog.text
+
+
 def test_text_classification_and_feature_extraction(tmp_path):
     tok = tokenizer(tmp_path)
     torch.manual_seed(0)

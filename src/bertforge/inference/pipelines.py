@@ -319,7 +319,14 @@ class QuestionAnswering(Pipeline):
                 except InputError as exc:
                     raise InputError(i, exc.problem) from None
             examples.append(QAExample(str(i), item["question"], item["context"], source=f"input {i}"))
-        features = encode_qa(self.tok, examples, task, Skips(), train=False)
+        skips = Skips()
+        features = encode_qa(self.tok, examples, task, skips, train=False)
+        # a long context is read in overlapping windows (nothing lost); a long question is cut: say so, as
+        # classification does when it truncates
+        cut = sum(n for reason, n in skips.counts.items() if "truncated" in reason)
+        if cut:
+            log.warning(f"{cut} of {len(examples)} questions were longer than {task.max_question_length} tokens "
+                        "and were truncated")
         windows: list[list] = [[] for _ in examples]
         for i in range(0, len(features), self.batch_size):
             chunk = features[i:i + self.batch_size]
