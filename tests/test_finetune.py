@@ -266,3 +266,18 @@ def test_a_failing_batch_names_its_rows(tmp_path):
     with pytest.raises(IndexError) as info:
         RowsObjective(model)(batch)
     assert any("train.csv:7" in note for note in getattr(info.value, "__notes__", ["train.csv:7"]))
+
+
+def test_ner_scores_only_the_sentences_with_tags(tmp_path):
+    """A sentence without gold tags (built through the API) is predicted but not scored, as unlabelled rows of
+    the other tasks are; it used to reach seqeval as None."""
+    from bertforge.finetune.evaluate import evaluate
+    from bertforge.taskdata import TaskData
+
+    tok = tokenizer(tmp_path)
+    model = build_task_model(Encoder(tiny_config()), TaskConfig("ner", labels=("O", "B-PER"))).eval()
+    tagged = TokenExample(["john", "lives"], ["B-PER", "O"], "dev:1")
+    data = TaskData("ner", [tagged, TokenExample(["mary", "works"], None, "dev:4")], "dev")
+    metrics, predictions, _ = evaluate(model, tok, data)
+    alone, _, _ = evaluate(model, tok, TaskData("ner", [tagged], "dev"))
+    assert len(predictions) == 2 and metrics == alone and metrics["examples"] == 1.0

@@ -129,7 +129,8 @@ def evaluate(model: TaskModel, tok, data: TaskData, batch_size: int = 32,
     check_labels(model, data)
     predictions, skips = predict(model, tok, data, batch_size, progress)
     if data.task == "ner":
-        metrics = ner_metrics([ex.tags for ex in data.examples], [p["tags"] for p in predictions])
+        pairs = [(ex.tags, p["tags"]) for ex, p in zip(data.examples, predictions) if ex.tags is not None]
+        metrics = ner_metrics([g for g, _ in pairs], [p for _, p in pairs])
     elif data.task == "qa":
         refs = {ex.id: ex.references for ex in data.examples if ex.references}
         metrics = qa_metrics(refs, {p["id"]: p["answer"] for p in predictions})
