@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 HELP = "export a model to ONNX (verified against PyTorch) and optionally int8-quantize it"
 DESCRIPTION = """Export a model directory to ONNX with dynamic batch and sequence axes. The exported graph
@@ -38,17 +39,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
     import shutil
-    import time
-    from pathlib import Path
 
     import torch
 
     from ..errors import BertforgeError
-    from ..files import atomic_path, write_json
-    from ..export import (
-        QUANTIZE_MIN_OPSET, OnnxRuntimeModel, export_onnx, opset_range, output_tensors, quantize_onnx, sample_inputs,
-        verify_onnx,
-    )
+    from ..export import QUANTIZE_MIN_OPSET, opset_range
 
     low, high = opset_range()
     if not low <= args.opset <= high:
@@ -65,7 +60,27 @@ def run(args: argparse.Namespace) -> int:
     if out.resolve() == source.resolve():
         raise BertforgeError(f"--output {out}: is the model directory itself; choose a new directory")
     model, head = _load(source, args.head)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _export(args, model, head, source, out)
+    except BaseException:
+        if created:  # a failed or interrupted export leaves no directory that looks like an export
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _export(args: argparse.Namespace, model, head: str, source: Path, out: Path) -> int:
+    """Copy the config and tokenizer files, write model.onnx (verified) and --quantize's file, export.json."""
+    import shutil
+    import time
+
+    import torch
+
+    from ..errors import BertforgeError
+    from ..export import OnnxRuntimeModel, export_onnx, output_tensors, quantize_onnx, sample_inputs, verify_onnx
+    from ..files import atomic_path, write_json
+
     for f in source.iterdir():  # config and tokenizer files: everything but the weights
         if f.is_file() and f.suffix not in (".safetensors", ".bin", ".pt", ".onnx", ".h5", ".msgpack"):
             shutil.copy2(f, out / f.name)
