@@ -20,8 +20,8 @@ Input: read as `bertforge corpus build` reads it: text files, one or more senten
 records' "text" field; plain or .gz/.bz2/.xz compressed (recognised by content); directories are read
 recursively. Binary and empty files are skipped with a warning; no text at all is an error.
 Smallest --vocab-size: bpe 261 (5 special tokens + 256 bytes); wordpiece, chinese-char and chinese-word
-the special tokens + the characters making up 90% of the text (and their ## forms); unigram as many
-characters as --character-coverage asks for.
+the special tokens + one character, with a warning below the characters making up 90% of the text (and
+their ## forms: the rest encodes as [UNK]); unigram as many characters as --character-coverage asks for.
 
 examples:
   bertforge tokenizer train --kind wordpiece --vocab-size 30522 --lowercase --out tok/ corpus.txt

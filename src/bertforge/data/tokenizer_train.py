@@ -29,9 +29,9 @@ from .tokenizers import (
 
 # BERT's English vocabulary keeps about a thousand single characters; more would be rare symbols.
 _WORDPIECE_ALPHABET = 1000
-# A WordPiece vocabulary must hold the characters that make up this share of the text (with their ##
-# forms): with fewer, most words hold a character it lacks and encode as [UNK]. 0.9 is also the lowest
-# --character-coverage the unigram kind accepts.
+# A WordPiece vocabulary smaller than the characters that make up this share of the text (with their ##
+# forms) gets a warning: many words then hold a character it lacks and encode as [UNK]. 0.9 is also the
+# lowest --character-coverage the unigram kind accepts.
 _WORDPIECE_MIN_COVERAGE = 0.9
 
 
@@ -206,17 +206,21 @@ def _alphabet(kind: str, text: TextInput, lowercase: bool, progress: bool) -> _A
     return _Alphabet(chars, cost, min(needed, limit), limit)
 
 
-def _minimum_vocab(kind: str, alphabet: _Alphabet, vocab_size: int | None = None, name: str | None = None) -> int:
-    """The smallest vocabulary a WordPiece kind can have on this text; with ``vocab_size``, refuse a
-    smaller one, saying why (``name``: the kind as the user gave it)."""
-    specials, k = len(SPECIAL_TOKENS[kind]), alphabet.needed
-    minimum = specials + alphabet.cost[k]
-    if vocab_size is not None and vocab_size < minimum:
-        raise BertforgeError(
-            f"--vocab-size {vocab_size} is too small for {name or kind} on this text: at least {minimum} "
-            f"({specials} special tokens + the {k} most frequent characters, {_WORDPIECE_MIN_COVERAGE:.0%} of "
-            f"the text, + {alphabet.cost[k] - k} '##' forms of them; with fewer, most words would be [UNK])")
-    return minimum
+def _minimum_vocab(kind: str, alphabet: _Alphabet, vocab_size: int, name: str | None = None) -> None:
+    """Refuse a vocabulary without room for the special tokens and one character (``name``: the kind as the
+    user gave it): the trainer would return fewer tokens than asked."""
+    specials = len(SPECIAL_TOKENS[kind])
+    minimum = specials + alphabet.cost[1]
+    if vocab_size < minimum:
+        forms = " and its '##' form" if alphabet.cost[1] == 2 else ""
+        raise BertforgeError(f"--vocab-size {vocab_size} is too small for {name or kind}: at least {minimum} "
+                             f"({specials} special tokens + the most frequent character{forms})")
+
+
+def _coverage_vocab(kind: str, alphabet: _Alphabet) -> int:
+    """The vocabulary that holds the characters making up _WORDPIECE_MIN_COVERAGE of the text (with their
+    "##" forms): below it, a good share of the words encode as [UNK]."""
+    return len(SPECIAL_TOKENS[kind]) + alphabet.cost[alphabet.needed]
 
 
 def _train_wordpiece(kind: str, text: TextInput, vocab_size: int, lowercase: bool, min_frequency: int,
@@ -231,7 +235,7 @@ def _train_wordpiece(kind: str, text: TextInput, vocab_size: int, lowercase: boo
         raise text.no_text()
     _minimum_vocab(kind, alphabet, vocab_size)
     specials = special_added_tokens(kind)
-    k = max(k for k in range(alphabet.needed, alphabet.limit + 1) if len(specials) + alphabet.cost[k] <= vocab_size)
+    k = max(k for k in range(1, alphabet.limit + 1) if len(specials) + alphabet.cost[k] <= vocab_size)
     for _ in range(4):
         backend = build_pipeline(kind, WordPiece(unk_token=SPECIAL_TOKENS[kind]["unk"]), lowercase=lowercase)
         # initial_alphabet outranks every counted character, so the trainer keeps exactly these k.
@@ -247,10 +251,14 @@ def _train_wordpiece(kind: str, text: TextInput, vocab_size: int, lowercase: boo
         missing = vocab_size - backend.get_vocab_size(with_added_tokens=True)
         if missing >= 2 and k < alphabet.limit:
             k = min(alphabet.limit, k + missing // 2)
-        elif missing < 0 and k > alphabet.needed:
-            k = max(alphabet.needed, k + missing)
+        elif missing < 0 and k > 1:
+            k = max(1, k + missing)
         else:
             break
+    if k < alphabet.needed:  # allowed (tiny test models), but the user should know what it costs
+        text.report.warn(f"--vocab-size {vocab_size} holds the {k} most frequent characters, less than "
+                         f"{_WORDPIECE_MIN_COVERAGE:.0%} of the text: words with the others encode as [UNK] "
+                         f"(--vocab-size {_coverage_vocab(kind, alphabet)} holds {_WORDPIECE_MIN_COVERAGE:.0%})")
     backend.post_processor = post_processor(kind, backend)
     return backend
 
@@ -272,8 +280,9 @@ def _train_chinese_word(text: TextInput, vocab_size: int, lowercase: bool, min_f
     alphabet = _alphabet("chinese-char", text, lowercase, progress)
     if not alphabet.chars:
         raise text.no_text()
-    n_words = min(len(words), vocab_size // 2,
-                  vocab_size - _minimum_vocab("chinese-char", alphabet, vocab_size, name="chinese-word"))
+    _minimum_vocab("chinese-char", alphabet, vocab_size, name="chinese-word")
+    # the characters first: words only from the room left once they cover most of the text
+    n_words = min(len(words), vocab_size // 2, max(0, vocab_size - _coverage_vocab("chinese-char", alphabet)))
     chars = _train_wordpiece("chinese-char", text, vocab_size - n_words, lowercase, min_frequency, progress,
                              alphabet)
     vocab = chars.get_vocab(with_added_tokens=True)
