@@ -167,7 +167,8 @@ def _one_line_error(capsys, argv) -> str:
     ("hidden_dropout=2", "--set: hidden_dropout=2.0: expected a probability in [0, 1)"),
     ("intermediate_size=0", "--set: intermediate_size=0: expected a whole number > 0"),
     ("lr=nan", "--set: lr=nan: expected a number >= 0"),  # was torch's "Invalid learning rate" after the run began
-    ("clip_norm=inf", "--set: clip_norm=inf: expected a number >= 0"),
+    ("lr=inf", "--set: lr=inf: expected a finite number (a number >= 0)"),
+    ("clip_norm=-1", "--set: clip_norm=-1.0: expected a number >= 0"),
     ("batch_size=0", "--set: batch_size=0: expected a whole number > 0"),
     ("mask_budget=1.5", "--set: mask_budget=1.5: expected a fraction in (0, 1]"),
     ("vocab_size=10", "model.vocab_size=10: expected at least"),  # was a TypeError
@@ -196,6 +197,8 @@ def test_errors_from_a_config_file_name_the_file(tmp_path, capsys):
     settings.write_text("model: {num_heads: 3}\n")
     spec = make_spec("bert", str(tmp_path / "x"), config_file=str(settings), assignments=["hidden_size=48"])
     assert spec.model == {"num_heads": 3, "hidden_size": "48"}
+    settings.write_text("train: {max_steps: 2, max_minutes: .inf, clip_norm: .inf}\n")  # no limit: accepted
+    assert make_spec("bert", str(tmp_path / "x"), config_file=str(settings)).train["max_minutes"] == float("inf")
     assert not (tmp_path / "run").exists()
 
 

@@ -149,12 +149,16 @@ class ModelConfig:
         return cls.from_dict(data, source=str(path))
 
 
-def require(obj: Any, names: tuple[str, ...], test: Callable[[Any], bool], expected: str) -> None:
-    """Refuse the first field of ``obj`` among ``names`` that is not a finite number passing ``test``, naming
-    the key, the value and what was ``expected`` (a nan passes no comparison: it would fail deep in torch)."""
+def require(obj: Any, names: tuple[str, ...], test: Callable[[Any], bool], expected: str,
+            infinite: bool = False) -> None:
+    """Refuse the first field of ``obj`` among ``names`` that is not a number passing ``test``, naming the key,
+    the value and what was ``expected``. nan never passes (it would fail deep in torch); infinity only with
+    ``infinite`` (limits, where it means none)."""
     for name in names:
         value = getattr(obj, name)
-        number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        number = isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+        if number and math.isinf(value) and not infinite:
+            raise BertforgeError(f"{name}={value!r}: expected a finite number ({expected})")
         if not (number and test(value)):
             raise BertforgeError(f"{name}={value!r}: expected {expected}")
 

@@ -75,8 +75,10 @@ class TrainConfig:
         require(self, ("grad_accum", "keep_last", "log_every"), lambda v: v > 0, "a whole number > 0")
         require(self, ("warmup_steps", "max_steps", "max_tokens", "eval_every", "eval_batches", "save_every_steps"),
                 lambda v: v >= 0, "a whole number >= 0")
-        require(self, ("lr", "weight_decay", "eps", "max_minutes", "clip_norm", "save_every_minutes", "power"),
-                lambda v: v >= 0, "a number >= 0")
+        require(self, ("lr", "weight_decay", "eps", "power"), lambda v: v >= 0, "a number >= 0")
+        # limits: infinity means none, as 0 does for clip_norm and save_every_minutes
+        require(self, ("max_minutes", "clip_norm", "save_every_minutes"), lambda v: v >= 0, "a number >= 0",
+                infinite=True)
         require(self, ("warmup_ratio",), lambda v: 0 <= v < 1, "a fraction in [0, 1)")
         if not (self.max_steps or self.max_tokens or self.max_minutes):
             raise BertforgeError("train config: set a budget: max_steps, max_tokens or max_minutes (all are 0)")
