@@ -178,7 +178,8 @@ def test_distill_cli_errors(teacher_and_store, tmp_path, capsys):
                     "--out", str(tmp_path / "w")], "expected comma-separated")
     # a task distillation flag is refused by pretraining distillation, not ignored (--lr here would not set lr)
     _fails(capsys, ["distill", "--teacher", str(teacher_dir), "--corpus", str(store), "--out", str(tmp_path / "v"),
-                    "--lr", "1e-3", "--epochs", "2"], "--epochs, --lr: task distillation's")
+                    "--lr", "1e-3", "--epochs", "2", "--no-group-by-length"],
+           "--epochs, --lr, --no-group-by-length: task distillation's")
     assert not (tmp_path / "v").exists()
 
 

@@ -12,9 +12,11 @@ def add_fast_path_arguments(p) -> None:
 
 
 def given_flags(args, names: tuple[str, ...]) -> list[str]:
-    """The options among ``names`` (argparse dests) given on the command line, as "--name": those options
-    have no argparse default, so a value other than None (or "") was typed."""
-    return [f"--{n.replace('_', '-')}" for n in names if getattr(args, n) not in (None, "")]
+    """The options among ``names`` (argparse dests) given on the command line, as typed ("--name", or
+    "--no-name" for a BooleanOptionalAction set to False): those options have no argparse default, so a
+    value other than None (or "") was typed."""
+    return [f"--{'no-' if getattr(args, n) is False else ''}{n.replace('_', '-')}" for n in names
+            if getattr(args, n) not in (None, "")]
 
 
 def _whole(text: str, low: int, high: int | None, what: str) -> int:

@@ -60,13 +60,14 @@ def run(args: argparse.Namespace) -> int:
     if out.resolve() == source.resolve():
         raise BertforgeError(f"--output {out}: is the model directory itself; choose a new directory")
     model, head = _load(source, args.head)
-    created = not out.exists()
+    # the outermost directory this export creates (out or a missing parent of it)
+    created = next((d for d in reversed([out, *out.parents]) if not d.exists()), None)
     out.mkdir(parents=True, exist_ok=True)
     try:
         return _export(args, model, head, source, out)
     except BaseException:
-        if created:  # a failed or interrupted export leaves no directory that looks like an export
-            shutil.rmtree(out, ignore_errors=True)
+        if created is not None:  # a failed or interrupted export leaves no directory that looks like an export
+            shutil.rmtree(created, ignore_errors=True)
         raise
 
 
@@ -87,12 +88,12 @@ def _export(args: argparse.Namespace, model, head: str, source: Path, out: Path)
 
     fp32 = out / "model.onnx"
     with atomic_path(fp32) as tmp:  # under its name only once verified: a failed check leaves no model.onnx
-        export_onnx(model, tmp, opset=args.opset, about={"source": str(source), "head": head})
+        export_onnx(model, tmp, opset=args.opset, about={"source": str(source.resolve()), "head": head})
         try:
             diff = verify_onnx(model, tmp, atol=args.atol)
         except BertforgeError as exc:  # name the file the user asked for, not the temporary one
             raise BertforgeError(str(exc).replace(str(tmp), str(fp32))) from None
-    report: dict = {"exported_from": {"model": str(source), "head": head, "opset": args.opset},
+    report: dict = {"exported_from": {"model": str(source.resolve()), "head": head, "opset": args.opset},
                     "model.onnx": {"bytes": fp32.stat().st_size, "max_abs_diff_vs_pytorch": diff}}
     print(f"wrote {fp32} ({fp32.stat().st_size / 2**20:.1f} MiB), max |ONNX - PyTorch| = {diff:.2e} (atol {args.atol:g})")
     if args.quantize == "int8":
