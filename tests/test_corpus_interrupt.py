@@ -62,6 +62,6 @@ def test_signals_to_the_process_group_end_the_build_promptly(setup, signals):
             os.killpg(p.pid, signal.SIGKILL)
             p.wait()
     assert p.returncode == 130
-    assert err.strip().splitlines() == ["bertforge: interrupted"]
+    assert err.strip().splitlines() == ["bertforge: interrupted"], err
     assert not list(root.glob("out.store.*"))  # no temporary or moved-aside store
     assert files_of(root / "out.store") == old

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
+import sys
 
 HELP = "build a tokenized, memory-mapped corpus store from raw text; show its statistics"
 DESCRIPTION = """Turn raw text into a corpus store that every pretraining recipe reads (see docs/corpus.md).
@@ -74,12 +76,23 @@ def run(args: argparse.Namespace) -> int:
 
     if args.action == "build":
         previous = {sig: signal.signal(sig, _interrupt_once) for sig in (signal.SIGINT, signal.SIGTERM)}
+        # An interrupt leaves by os._exit (below), which hands the worker pool's semaphores to multiprocessing's
+        # resource tracker: it removes them, and would warn about each as "leaked". The tracker process takes
+        # its warning filters from sys.warnoptions when it starts (with the pool).
+        sys.warnoptions.append("ignore::UserWarning:multiprocessing.resource_tracker")
         start = time.perf_counter()
         try:
             store = build_corpus(args.out, args.tokenizer, args.inputs, sources=args.source, workers=args.workers,
                                  document_per=args.document_per, text_field=args.text_field,
                                  input_format=args.format, validation_fraction=args.validation_fraction,
                                  seed=args.seed, overwrite=args.overwrite, progress=not args.quiet)
+        except KeyboardInterrupt:
+            # build_corpus has removed its temporary store. Leave at once, without the interpreter's exit
+            # handlers: concurrent.futures joins its pool's manager thread there, and after workers were killed
+            # mid-chunk that join could wait forever (seen after a second Ctrl-C, ~1 run in 6).
+            print("bertforge: interrupted", file=sys.stderr, flush=True)
+            sys.stdout.flush()
+            os._exit(130)
         finally:
             # After an interrupt the signals stay ignored: the process is exiting, and a late second Ctrl-C
             # would only interrupt the interpreter's shutdown with a traceback.
