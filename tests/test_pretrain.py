@@ -43,7 +43,6 @@ def stores(tmp_path_factory):
 
 def _teacher(stores, kind="wordpiece") -> Path:
     """A tiny BERT checkpoint with an MLM head and the store's tokenizer, as a distillation teacher."""
-    from bertforge.config import ModelConfig
     from bertforge.data.tokenizers import AutoTokenizer
     from bertforge.heads import PretrainingModel
     from bertforge.recipes import model_config
