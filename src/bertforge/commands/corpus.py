@@ -79,7 +79,9 @@ def run(args: argparse.Namespace) -> int:
         # An interrupt leaves by os._exit (below), which hands the worker pool's semaphores to multiprocessing's
         # resource tracker: it removes them, and would warn about each as "leaked". The tracker process takes
         # its warning filters from sys.warnoptions when it starts (with the pool).
-        sys.warnoptions.append("ignore::UserWarning:multiprocessing.resource_tracker")
+        quiet_tracker = "ignore::UserWarning:multiprocessing.resource_tracker"
+        if quiet_tracker not in sys.warnoptions:  # once per process, however often main() runs
+            sys.warnoptions.append(quiet_tracker)
         start = time.perf_counter()
         try:
             store = build_corpus(args.out, args.tokenizer, args.inputs, sources=args.source, workers=args.workers,
@@ -93,12 +95,9 @@ def run(args: argparse.Namespace) -> int:
             print("bertforge: interrupted", file=sys.stderr, flush=True)
             sys.stdout.flush()
             os._exit(130)
-        finally:
-            # After an interrupt the signals stay ignored: the process is exiting, and a late second Ctrl-C
-            # would only interrupt the interpreter's shutdown with a traceback.
-            if signal.getsignal(signal.SIGINT) is _interrupt_once:
-                for sig, handler in previous.items():
-                    signal.signal(sig, handler)
+        finally:  # reached only without an interrupt (that leaves above)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
         seconds = time.perf_counter() - start
         c = store.manifest["counts"]
         report = {k: v for k, v in store.manifest["build_report"].items() if k != "warnings" and v}
