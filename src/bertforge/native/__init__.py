@@ -1,0 +1,175 @@
+"""Hand-written CPU kernels in C, compiled on first use with the machine's C compiler and loaded with ctypes.
+
+Only for work no maintained library does on CPU: PyTorch has no fused softmax cross-entropy over a
+vocabulary for logits laid out one column per token (see objectives.base). The source ships with the
+package; the first process that needs it compiles it (under a second) with ``-O3 -march=native`` into a
+per-user cache, keyed by the source, the compiler and the CPU, so a cache shared between machines never
+hands one CPU another's instructions. Without a working compiler, on Windows, or with BERTFORGE_NATIVE=0,
+``vocab_loss()`` is None and callers use their PyTorch path; ``status()`` says which and why.
+
+No Python C-API and no torch headers: plain C functions on raw pointers, so the build needs nothing but
+``cc``, and ctypes releases the GIL during each call, which lets Python threads run one call per core.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+_SOURCE = Path(__file__).with_name("vocab_loss.c")
+FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-shared", "-fPIC")
+PORTABLE_FLAGS = ("-O3", "-fopenmp-simd", "-shared", "-fPIC")  # where the compiler has no -march=native
+_lock = threading.Lock()
+_loaded: dict[tuple[str, ...], ctypes.CDLL | None] = {}
+_why_not: dict[tuple[str, ...], str] = {}
+_pool: ThreadPoolExecutor | None = None
+
+
+def cache_dir() -> Path:
+    """Where built kernels live: $BERTFORGE_NATIVE_CACHE, else $XDG_CACHE_HOME/bertforge/native (~/.cache)."""
+    if os.environ.get("BERTFORGE_NATIVE_CACHE"):
+        return Path(os.environ["BERTFORGE_NATIVE_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bertforge" / "native"
+
+
+def _cpu_signature() -> str:
+    """What -march=native depends on: the CPU's model and feature flags (Linux), else what platform knows."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            lines = [ln for ln in f.read().splitlines() if ln.startswith(("model name", "flags", "Features"))]
+        return "\n".join(dict.fromkeys(lines))  # once each, not per core
+    except OSError:
+        return f"{platform.machine()} {platform.processor()}"
+
+
+def _compiler() -> str | None:
+    cc = os.environ.get("CC")
+    if cc:
+        return shutil.which(cc) or cc
+    return next((p for p in map(shutil.which, ("cc", "gcc", "clang")) if p), None)
+
+
+def build(flags: tuple[str, ...] = FLAGS) -> ctypes.CDLL:
+    """Compile (or find in the cache) and load the kernels with ``flags``. Raises RuntimeError on failure."""
+    cc = _compiler()
+    if cc is None:
+        raise RuntimeError("no C compiler (cc, gcc or clang; or set CC)")
+    try:
+        version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError) as e:
+        raise RuntimeError(f"cannot run the C compiler {cc}: {e}") from None
+    key = hashlib.sha256("\0".join([_SOURCE.read_text(), cc, version, " ".join(flags), _cpu_signature(),
+                                    sys.platform]).encode()).hexdigest()[:16]
+    target = cache_dir() / f"vocab_loss-{key}.so"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # a temporary name in the same directory, then rename: a concurrent or interrupted build never leaves
+        # a half-written library under the name the next process loads
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".so", dir=target.parent)
+        os.close(fd)
+        try:
+            done = subprocess.run([cc, *flags, str(_SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True,
+                                  timeout=300)
+            if done.returncode:
+                last = (done.stderr.strip().splitlines() or ["(no message)"])[-1]
+                raise RuntimeError(f"{cc} {' '.join(flags)} failed: {last}")
+            os.replace(tmp, target)
+        except (OSError, subprocess.SubprocessError) as e:
+            raise RuntimeError(f"compiling {_SOURCE.name} with {cc} failed: {e}") from None
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    lib = ctypes.CDLL(str(target))
+    p, i = ctypes.c_void_p, ctypes.c_int64
+    lib.bertforge_vocab_loss.argtypes = [p, i, i, i, i, i, p, p, p, p, p, p]
+    lib.bertforge_vocab_loss.restype = ctypes.c_int
+    lib.bertforge_vocab_loss_flavour.restype = ctypes.c_int
+    return lib
+
+
+def library(flags: tuple[str, ...] = FLAGS) -> ctypes.CDLL | None:
+    """The kernels built with ``flags`` (once per process), retrying without -march=native if the compiler
+    refuses it; None when they cannot be built or are switched off (see ``status``)."""
+    with _lock:
+        if flags not in _loaded:
+            lib = None
+            if os.environ.get("BERTFORGE_NATIVE", "1") == "0":
+                _why_not[flags] = "switched off by BERTFORGE_NATIVE=0"
+            elif sys.platform == "win32":
+                _why_not[flags] = "not built on Windows"
+            else:
+                try:
+                    lib = build(flags)
+                except (RuntimeError, OSError) as e:
+                    _why_not[flags] = str(e)
+                    if flags == FLAGS:
+                        try:
+                            lib = build(PORTABLE_FLAGS)
+                        except (RuntimeError, OSError):
+                            pass
+            _loaded[flags] = lib
+        return _loaded[flags]
+
+
+def status() -> str:
+    """One line: which kernels this process uses, or why none."""
+    lib = library()
+    if lib is None:
+        return f"not used ({_why_not.get(FLAGS, 'unknown reason')}): PyTorch fallbacks"
+    flavour = lib.bertforge_vocab_loss_flavour()
+    return "vocabulary loss in C, " + ("AVX-512" if flavour == 512 else "portable (compiler-vectorized)")
+
+
+COLUMN_ALIGN = 32  # the caller pads the token columns to a multiple of this; each thread gets whole blocks
+
+
+def vocab_loss(logits_t: torch.Tensor, n: int, bias: torch.Tensor | None, targets: torch.Tensor,
+               lib: ctypes.CDLL | None = None) -> tuple[torch.Tensor, ...] | None:
+    """Softmax cross-entropy of ``n`` tokens, in place on ``logits_t`` [V, ld] (bfloat16, contiguous, ld a
+    multiple of COLUMN_ALIGN, >= n; column c is token c's logits, columns from n on are padding): overwrites
+    it with the gradient of the summed loss with respect to the logits (softmax - one-hot; padding columns
+    0) and returns float32 (loss [n], row maximum [n], target logit [n], gradient of the bias [V]). ``bias``
+    is float32 [V] or None, ``targets`` int64 [n] in [0, V). None when the kernels are not available.
+    Runs on torch.get_num_threads() threads, each on its own block of columns."""
+    global _pool
+    lib = lib or library()
+    if lib is None:
+        return None
+    v, ld = logits_t.shape
+    assert logits_t.dtype == torch.bfloat16 and logits_t.is_contiguous() and ld % COLUMN_ALIGN == 0 and n <= ld
+    assert targets.dtype == torch.int64 and targets.is_contiguous() and targets.numel() == n
+    assert bias is None or (bias.dtype == torch.float32 and bias.is_contiguous() and bias.numel() == v)
+    blocks = ld // COLUMN_ALIGN
+    parts = max(1, min(torch.get_num_threads(), blocks))
+    bounds = [blocks * k // parts * COLUMN_ALIGN for k in range(parts + 1)]
+    loss, top, target_logit = (torch.empty(n) for _ in range(3))
+    colsum = torch.zeros(parts, v)
+
+    def run(k: int) -> int:
+        return lib.bertforge_vocab_loss(
+            logits_t.data_ptr(), v, ld, bounds[k], bounds[k + 1], n, None if bias is None else bias.data_ptr(),
+            targets.data_ptr(), loss.data_ptr(), top.data_ptr(), target_logit.data_ptr(), colsum[k].data_ptr())
+
+    if parts == 1:
+        codes = [run(0)]
+    else:
+        with _lock:
+            if _pool is None or _pool._max_workers < parts - 1:
+                _pool = ThreadPoolExecutor(max_workers=parts - 1, thread_name_prefix="bertforge-native")
+            pool = _pool
+        futures = [pool.submit(run, k) for k in range(1, parts)]
+        codes = [run(0)] + [f.result() for f in futures]
+    if any(codes):
+        raise RuntimeError(f"bertforge_vocab_loss failed with codes {codes}")  # misuse or out of memory
+    return loss, top, target_logit, colsum.sum(0) if parts > 1 else colsum[0]

@@ -1,0 +1,134 @@
+"""The C vocabulary-loss kernel (bertforge.native) against PyTorch: both of its builds (AVX-512 where this CPU
+has it, and the portable C every other machine gets), the bf16 training path that uses it, and the loader's
+fallbacks (no compiler, switched off) and cache."""
+
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bertforge import native
+from bertforge.objectives import base
+from bertforge.objectives.base import linear_cross_entropy
+
+BUILDS = {"native": native.FLAGS, "portable": native.PORTABLE_FLAGS}
+
+
+@pytest.fixture(scope="module", params=sorted(BUILDS))
+def lib(request):
+    lib = native.library(BUILDS[request.param])
+    if lib is None:
+        pytest.skip(f"no C compiler here: {native.status()}")
+    return lib
+
+
+def logits_t(n, v=300, seed=0, scale=3.0):
+    g = torch.Generator().manual_seed(seed)
+    width = -(-n // native.COLUMN_ALIGN) * native.COLUMN_ALIGN
+    lt = torch.zeros(v, width, dtype=torch.bfloat16)
+    lt[:, :n] = (torch.randn(v, n, generator=g) * scale).bfloat16()
+    bias = torch.randn(v, generator=g)
+    return lt, bias, torch.randint(0, v, (n,), generator=g)
+
+
+@pytest.mark.parametrize("n", [1, 31, 32, 33, 70])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_kernel_equals_pytorch_softmax_cross_entropy(lib, n, with_bias):
+    lt, bias, targets = logits_t(n)
+    bias = bias if with_bias else None
+    x = lt[:, :n].t().float() + (0 if bias is None else bias)  # what the kernel reads: bf16 logits + bias
+    grad = torch.softmax(x, 1) - F.one_hot(targets, x.shape[1])
+    for threads in (1, 2):  # one block of columns, or two run in parallel
+        torch.set_num_threads(threads)
+        out = lt.clone()
+        loss, top, target_logit, column = native.vocab_loss(out, n, bias, targets, lib)
+        torch.testing.assert_close(loss, F.cross_entropy(x, targets, reduction="none"), rtol=1e-5, atol=2e-5)
+        assert torch.equal(top, x.amax(1)) and torch.equal(target_logit, x[torch.arange(n), targets])
+        torch.testing.assert_close(out[:, :n].t().float(), grad, rtol=2 ** -8, atol=1e-6)  # bf16 rounding
+        assert not out[:, n:].any()  # padding columns: gradient 0
+        torch.testing.assert_close(column, grad.sum(0), rtol=1e-5, atol=1e-5)
+    torch.set_num_threads(2)
+
+
+def test_a_target_far_below_the_maximum_keeps_an_exact_finite_loss(lib):
+    lt, bias, targets = logits_t(5)
+    bias[targets[2]] = -250.0  # its probability exp(-250) is 0 in float32: the loss comes from log space
+    x = lt[:, :5].t().float() + bias
+    loss, *_ = native.vocab_loss(lt.clone(), 5, bias, targets, lib)
+    assert torch.isfinite(loss).all() and loss[2] > 200
+    torch.testing.assert_close(loss, F.cross_entropy(x, targets, reduction="none"), rtol=1e-5, atol=2e-5)
+
+
+def inputs(n=70, e=32, v=300, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    hidden = (torch.randn(n, e, generator=g) * 0.3).requires_grad_()
+    weight = torch.randn(v, e, generator=g).requires_grad_()
+    bias = (torch.randn(v, generator=g) * 0.5).requires_grad_()
+    return hidden, weight, bias, torch.randint(0, v, (n,), generator=g)
+
+
+def bf16_loss_and_grads(hidden, weight, bias, targets, scale=1.0):
+    for t in (hidden, weight, bias):
+        t.grad = None
+    with torch.autocast("cpu", torch.bfloat16):
+        loss, accuracy = linear_cross_entropy(hidden, weight, bias, targets)
+    (scale * loss).backward()
+    return loss.detach(), accuracy, hidden.grad.clone(), weight.grad.clone(), bias.grad.clone()
+
+
+@pytest.mark.parametrize("scale", [1.0, 3.5])  # an upstream gradient other than 1, as in a weighted objective
+def test_bf16_training_path_matches_the_pytorch_path(monkeypatch, scale):
+    if native.library() is None:
+        pytest.skip(native.status())
+    args = inputs()
+    calls = []
+    real = base._LinearCrossEntropyColumns.apply
+    monkeypatch.setattr(base._LinearCrossEntropyColumns, "apply", lambda *a: calls.append(1) or real(*a))
+    ours = bf16_loss_and_grads(*args, scale=scale)
+    assert calls, "the bf16 path did not use the C kernel"
+    monkeypatch.setattr(native, "library", lambda *a: None)
+    theirs = bf16_loss_and_grads(*args, scale=scale)
+    assert len(calls) == 1
+    torch.testing.assert_close(ours[0], theirs[0], rtol=1e-3, atol=1e-3)
+    assert ours[1] == theirs[1]
+    for a, b in zip(ours[2:], theirs[2:]):
+        assert a.dtype == b.dtype == torch.float32
+        assert F.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.9999
+
+
+def test_out_of_range_targets_fail_as_in_pytorch():
+    hidden, weight, bias, targets = inputs()
+    targets[3] = weight.shape[0]  # one past the vocabulary: the C kernel would read outside the logits
+    with pytest.raises(IndexError), torch.autocast("cpu", torch.bfloat16):
+        linear_cross_entropy(hidden, weight, bias, targets)
+
+
+def test_switched_off_or_without_a_compiler_callers_fall_back(monkeypatch, tmp_path):
+    monkeypatch.setattr(native, "_loaded", {})
+    monkeypatch.setattr(native, "_why_not", {})
+    monkeypatch.setenv("BERTFORGE_NATIVE", "0")
+    assert native.library() is None and "BERTFORGE_NATIVE=0" in native.status()
+    monkeypatch.setattr(native, "_loaded", {})
+    monkeypatch.delenv("BERTFORGE_NATIVE")
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    assert native.library() is None and "no-such-cc" in native.status()
+    hidden, weight, bias, targets = inputs()
+    bf16_loss_and_grads(hidden, weight, bias, targets)  # trains on the PyTorch path
+    assert torch.isfinite(weight.grad).all()
+
+
+def test_a_failed_compile_leaves_nothing_and_a_build_is_reused(monkeypatch, tmp_path):
+    monkeypatch.setenv("BERTFORGE_NATIVE_CACHE", str(tmp_path))
+    with pytest.raises(RuntimeError, match="failed"):
+        native.build(("-O3", "--no-such-option", "-shared", "-fPIC"))
+    assert not list(tmp_path.iterdir())  # no half-written library under any name
+    try:
+        native.build(native.PORTABLE_FLAGS)
+    except RuntimeError as e:
+        pytest.skip(str(e))
+    (built,) = tmp_path.iterdir()
+    stamp = built.stat().st_mtime_ns
+    native.build(native.PORTABLE_FLAGS)
+    assert [p.name for p in tmp_path.iterdir()] == [built.name] and built.stat().st_mtime_ns == stamp
+    assert os.access(built, os.R_OK)
