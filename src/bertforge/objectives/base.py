@@ -134,7 +134,7 @@ class _LinearCrossEntropyColumns(torch.autograd.Function):
     the columns of [V, N] is slow in PyTorch (82-193 ms per 512 tokens, against 29 along rows), and no
     library offers one, hence the C kernel: a pass that finds each column's maximum and sum of exponentials
     chunk by chunk, then one that writes softmax - one-hot over the logits. Measured in a tiny-model MLM step
-    (bf16, 2 threads): 927 -> 741 ms at 256 sequences, 147 -> 138 ms at 32 (docs/PERFORMANCE.md)."""
+    (bf16, 2 threads, paired in one process): 0.84x the time at 32 sequences, 0.85x at 256 (docs/PERFORMANCE.md)."""
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, lib):
