@@ -130,3 +130,43 @@ def test_a_failed_compile_leaves_nothing_and_a_build_is_reused(monkeypatch, tmp_
     native.build(native.PORTABLE_FLAGS)
     assert [p.name for p in tmp_path.iterdir()] == [built.name] and built.stat().st_mtime_ns == stamp
     assert os.access(built, os.R_OK)
+
+
+def test_kernel_draws_follow_the_softmax(lib):
+    """ELECTRA's generator draws from the kernel's pass: a chi-square goodness-of-fit test (fixed seed) of
+    60,000 draws from one column of logits, split over blocks and threads, against its softmax."""
+    from scipy.stats import chisquare
+
+    n, v = 60_000, 12
+    g = torch.Generator().manual_seed(0)
+    column = (torch.randn(v, 1, generator=g) * 2).bfloat16()
+    bias = torch.randn(v, generator=g)
+    lt = column.expand(v, n).contiguous()
+    probs = torch.softmax(column[:, 0].double() + bias.double(), 0)
+    uniform = torch.rand(n, generator=g)
+    *_, draws = native.vocab_loss(lt, n, bias, torch.zeros(n, dtype=torch.int64), lib, threads=2, uniform=uniform)
+    counts = torch.bincount(draws, minlength=v).double()
+    assert draws.min() >= 0 and draws.max() < v
+    assert chisquare(counts.numpy(), (probs * n).numpy()).pvalue > 0.01
+    # the inverse CDF itself: each draw is the first entry whose cumulative probability exceeds its number
+    cdf = probs.float().cumsum(0)
+    torch.testing.assert_close(draws, torch.searchsorted(cdf, uniform, right=True).clamp(max=v - 1), atol=0, rtol=0)
+
+
+def test_bf16_sampling_path_matches_the_pytorch_path(monkeypatch):
+    if native.library() is None:
+        pytest.skip(native.status())
+    hidden, weight, bias, targets = inputs(n=500)
+
+    def run():
+        torch.manual_seed(1)
+        with torch.autocast("cpu", torch.bfloat16):
+            loss, accuracy, draws = base.linear_cross_entropy_and_sample(hidden, weight, bias, targets, 1.0)
+        return loss.detach(), draws
+
+    ours = run()
+    monkeypatch.setattr(native, "library", lambda *a: None)
+    theirs = run()
+    torch.testing.assert_close(ours[0], theirs[0], rtol=1e-3, atol=1e-3)
+    # the same uniform numbers and nearly the same probabilities (the two GEMM layouts round differently)
+    assert (ours[1] == theirs[1]).float().mean() > 0.99

@@ -92,7 +92,7 @@ def build(flags: tuple[str, ...] = FLAGS) -> ctypes.CDLL:
                 os.unlink(tmp)
     lib = ctypes.CDLL(str(target))
     p, i = ctypes.c_void_p, ctypes.c_int64
-    lib.bertforge_vocab_loss.argtypes = [p, i, i, i, i, i, p, p, p, p, p, p]
+    lib.bertforge_vocab_loss.argtypes = [p, i, i, i, i, i, p, p, p, p, p, p, p, p]
     lib.bertforge_vocab_loss.restype = ctypes.c_int
     lib.bertforge_vocab_loss_flavour.restype = ctypes.c_int
     return lib
@@ -136,12 +136,15 @@ COLUMN_ALIGN = 32  # the caller pads the token columns to a multiple of this; ea
 
 
 def vocab_loss(logits_t: torch.Tensor, n: int, bias: torch.Tensor | None, targets: torch.Tensor,
-               lib: ctypes.CDLL | None = None, threads: int | None = None) -> tuple[torch.Tensor, ...] | None:
+               lib: ctypes.CDLL | None = None, threads: int | None = None, uniform: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, ...] | None:
     """Softmax cross-entropy of ``n`` tokens, in place on ``logits_t`` [V, ld] (bfloat16, contiguous, ld a
     multiple of COLUMN_ALIGN, >= n; column c is token c's logits, columns from n on are padding): overwrites
     it with the gradient of the summed loss with respect to the logits (softmax - one-hot; padding columns
     0) and returns float32 (loss [n], row maximum [n], target logit [n], gradient of the bias [V]). ``bias``
-    is float32 [V] or None, ``targets`` int64 [n] in [0, V). None when the kernels are not available.
+    is float32 [V] or None, ``targets`` int64 [n] in [0, V). With ``uniform`` (float32 [n] in [0, 1)) also
+    one draw per token from its softmax by inverting the CDF, as a fifth tensor (int64 [n]). None when the
+    kernels are not available.
     Runs on ``threads`` threads, each on its own block of columns; by default on torch.get_num_threads(),
     but with at least MIN_COLUMNS_PER_THREAD columns each."""
     global _pool
@@ -158,13 +161,16 @@ def vocab_loss(logits_t: torch.Tensor, n: int, bias: torch.Tensor | None, target
     parts = max(1, min(threads, blocks) if threads else
                 min(torch.get_num_threads(), blocks, -(-n // MIN_COLUMNS_PER_THREAD)))
     bounds = [blocks * k // parts * COLUMN_ALIGN for k in range(parts + 1)]
+    assert uniform is None or (uniform.dtype == torch.float32 and uniform.is_contiguous() and uniform.numel() == n)
     loss, top, target_logit = (torch.empty(n) for _ in range(3))
     colsum = torch.zeros(parts, v)
+    samples = None if uniform is None else torch.empty(n, dtype=torch.int64)
 
     def run(k: int) -> int:
         return lib.bertforge_vocab_loss(
             logits_t.data_ptr(), v, ld, bounds[k], bounds[k + 1], n, None if bias is None else bias.data_ptr(),
-            targets.data_ptr(), loss.data_ptr(), top.data_ptr(), target_logit.data_ptr(), colsum[k].data_ptr())
+            targets.data_ptr(), loss.data_ptr(), top.data_ptr(), target_logit.data_ptr(), colsum[k].data_ptr(),
+            None if uniform is None else uniform.data_ptr(), None if samples is None else samples.data_ptr())
 
     if parts == 1:
         codes = [run(0)]
@@ -177,4 +183,5 @@ def vocab_loss(logits_t: torch.Tensor, n: int, bias: torch.Tensor | None, target
         codes = [run(0)] + [f.result() for f in futures]
     if any(codes):
         raise RuntimeError(f"bertforge_vocab_loss failed with codes {codes}")  # misuse or out of memory
-    return loss, top, target_logit, colsum.sum(0) if parts > 1 else colsum[0]
+    out = loss, top, target_logit, colsum.sum(0) if parts > 1 else colsum[0]
+    return out if samples is None else (*out, samples)

@@ -12,6 +12,9 @@
  *   colsum[v] += softmax(x)[v] - (v == t)           (summed over this call's columns: the bias gradient)
  * Padding columns get L = 0 and add nothing. Each call works on its own columns, so callers run calls on
  * disjoint column ranges in parallel, each with its own colsum.
+ * With uniform (n numbers in [0, 1)) not NULL, also one draw per column from softmax(x) by inverting its
+ * CDF (ELECTRA's generator): samples[c] = the first v whose cumulative probability exceeds uniform[c]
+ * (V - 1 if float rounding leaves the total just below it), accumulated in the pass that writes softmax.
  */
 #include <math.h>
 #include <stdint.h>
@@ -62,6 +65,21 @@ static void subtract_targets(uint16_t *L, int64_t ld, int64_t c0, int64_t w, int
     }
 }
 
+/* Per-column state of the draws: the uniform number (2 for padding columns: never reached), the
+ * cumulative probability so far, and the draw (V until the cumulative probability exceeds the number). */
+static void start_draws(int64_t V, int64_t c0, int64_t w, int64_t n, const float *uniform, float *u, float *cum,
+                        int32_t *draw) {
+    for (int64_t j = 0; j < w; j++) {
+        u[j] = c0 + j < n ? uniform[c0 + j] : 2.0f;
+        cum[j] = 0.0f;
+        draw[j] = (int32_t)V;
+    }
+}
+
+static void end_draws(int64_t V, int64_t c0, int64_t w, int64_t n, const int32_t *draw, int64_t *samples) {
+    for (int64_t j = 0; j < w && c0 + j < n; j++) samples[c0 + j] = draw[j] < V ? draw[j] : V - 1;
+}
+
 /* Rows per chunk of the first pass: the chunk's columns are read from memory once, for their maximum,
  * then again from the L1 cache for the sum of exponentials against that maximum (the running sum is
  * rescaled when the maximum grows: the one-pass "online" softmax). 8 measured fastest of 8 / 32 / 128. */
@@ -98,13 +116,16 @@ static inline __m512 exp16(__m512 x) {
 
 /* c0, c1 and ld are multiples of 16 here (the caller pads the columns to a multiple of 32). */
 int bertforge_vocab_loss(uint16_t *L, int64_t V, int64_t ld, int64_t c0, int64_t c1, int64_t n, const float *bias,
-                         const int64_t *targets, float *loss, float *top, float *tlogit, float *colsum) {
+                         const int64_t *targets, float *loss, float *top, float *tlogit, float *colsum,
+                         const float *uniform, int64_t *samples) {
     int64_t w = c1 - c0;
     if (w <= 0) return 0;
     if ((w | c0 | ld) % 16) return -1;
-    float *m = aligned_alloc(64, sizeof(float) * (size_t)w * 3);
+    float *m = aligned_alloc(64, sizeof(float) * (size_t)w * (uniform ? 6 : 3));
     if (!m) return -2;
-    float *s = m + w, *inv = s + w;
+    float *s = m + w, *inv = s + w, *u = inv + w, *cum = u + w;
+    int32_t *draw = (int32_t *)(cum + w);
+    if (uniform) start_draws(V, c0, w, n, uniform, u, cum, draw);
     for (int64_t j = 0; j < w; j++) {
         m[j] = -1e30f; /* not -inf: exp16(-inf - x) would be NaN (inf - inf inside), exp16(-1e30 - x) is 0 */
         s[j] = 0.0f;
@@ -133,10 +154,19 @@ int bertforge_vocab_loss(uint16_t *L, int64_t V, int64_t ld, int64_t c0, int64_t
             __m512 p = _mm512_mul_ps(exp16(_mm512_sub_ps(x, _mm512_load_ps(m + j))), _mm512_load_ps(inv + j));
             store16(row + j, p);
             acc = _mm512_add_ps(acc, p);
+            if (uniform) {
+                __m512 c = _mm512_add_ps(_mm512_load_ps(cum + j), p);
+                __m512i d = _mm512_load_si512(draw + j);
+                __mmask16 first = _mm512_cmp_ps_mask(c, _mm512_load_ps(u + j), _CMP_GT_OQ) &
+                                  _mm512_cmpeq_epi32_mask(d, _mm512_set1_epi32((int32_t)V));
+                _mm512_store_ps(cum + j, c);
+                _mm512_store_si512(draw + j, _mm512_mask_mov_epi32(d, first, _mm512_set1_epi32((int32_t)v)));
+            }
         }
         colsum[v] += _mm512_reduce_add_ps(acc);
     }
     subtract_targets(L, ld, c0, w, n, targets, m, inv, tlogit, colsum);
+    if (uniform) end_draws(V, c0, w, n, draw, samples);
     free(m);
     return 0;
 }
@@ -164,12 +194,15 @@ static inline float exp_nonpositive(float x) {
 }
 
 int bertforge_vocab_loss(uint16_t *L, int64_t V, int64_t ld, int64_t c0, int64_t c1, int64_t n, const float *bias,
-                         const int64_t *targets, float *loss, float *top, float *tlogit, float *colsum) {
+                         const int64_t *targets, float *loss, float *top, float *tlogit, float *colsum,
+                         const float *uniform, int64_t *samples) {
     int64_t w = c1 - c0;
     if (w <= 0) return 0;
-    float *m = malloc(sizeof(float) * (size_t)w * 4);
+    float *m = malloc(sizeof(float) * (size_t)w * (uniform ? 7 : 4));
     if (!m) return -2;
-    float *s = m + w, *mx = s + w, *inv = mx + w;
+    float *s = m + w, *mx = s + w, *inv = mx + w, *u = inv + w, *cum = u + w;
+    int32_t *draw = (int32_t *)(cum + w);
+    if (uniform) start_draws(V, c0, w, n, uniform, u, cum, draw);
     for (int64_t j = 0; j < w; j++) {
         m[j] = -INFINITY;
         s[j] = 0.0f;
@@ -204,10 +237,16 @@ int bertforge_vocab_loss(uint16_t *L, int64_t V, int64_t ld, int64_t c0, int64_t
             float p = exp_nonpositive(bf16_to_float(row[j]) + b - m[j]) * inv[j];
             row[j] = float_to_bf16(p);
             acc += p;
+            if (uniform) {
+                float c = cum[j] + p;
+                cum[j] = c;
+                draw[j] = c > u[j] && draw[j] == (int32_t)V ? (int32_t)v : draw[j];
+            }
         }
         colsum[v] += acc;
     }
     subtract_targets(L, ld, c0, w, n, targets, m, inv, tlogit, colsum);
+    if (uniform) end_draws(V, c0, w, n, draw, samples);
     free(m);
     return 0;
 }

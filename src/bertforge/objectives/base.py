@@ -125,8 +125,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
 
 class _LinearCrossEntropyColumns(torch.autograd.Function):
-    """_LinearCrossEntropy's sum of losses and count of correct rows for bf16, with the logits laid out one
-    column per row of ``hidden`` ([V, N], W @ h.T) and the softmax pass in C (bertforge.native).
+    """_LinearCrossEntropy for bf16 (sum of losses, count of correct rows, and with ``sample`` one draw per
+    row from the softmax at temperature 1), with the logits laid out one column per row of ``hidden``
+    ([V, N], W @ h.T) and the softmax pass in C (bertforge.native).
 
     Why: the three vocabulary GEMMs run much faster in this layout. At N 2,552, E 128, V 30,522 (2 cores,
     AMX bf16), h @ W.T, the [N, V] orientation, ran at ~100-170 GFLOP/s (its 156 MB output leaves the
@@ -137,7 +138,7 @@ class _LinearCrossEntropyColumns(torch.autograd.Function):
     (bf16, 2 threads, paired in one process): 0.84x the time at 32 sequences, 0.85x at 256 (docs/PERFORMANCE.md)."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, lib):
+    def forward(ctx, hidden, weight, bias, targets, lib, sample):
         n, e = hidden.shape
         with torch.autocast("cpu", enabled=False):
             # padding columns: zero rows of h, so their logits are the bias alone, and the kernel zeroes
@@ -148,23 +149,27 @@ class _LinearCrossEntropyColumns(torch.autograd.Function):
             w = weight.to(torch.bfloat16)
             logits_t = w @ h.t()  # [V, width]
             b = None if bias is None else bias.detach().float().contiguous()
-            losses, top, target_logit, column = native.vocab_loss(logits_t, n, b, targets.contiguous(), lib)
+            # one uniform number per row, drawn as sample_categorical draws them (same generator, same count)
+            uniform = torch.rand(n, device=hidden.device) if sample else None
+            out = native.vocab_loss(logits_t, n, b, targets.contiguous(), lib, uniform=uniform)
+            losses, top, target_logit, column = out[:4]
+            samples = out[4] if sample else torch.empty(0, dtype=torch.long)
             correct = (target_logit >= top).sum()  # a tie counts as correct, as in classification_loss
         if any(ctx.needs_input_grad[:3]):
             ctx.save_for_backward(logits_t, h, w)  # logits_t now holds the gradient of the summed loss
             ctx.column, ctx.n, ctx.dtypes = column, n, (hidden.dtype, weight.dtype)
-        ctx.mark_non_differentiable(correct)
-        return losses.sum(), correct
+        ctx.mark_non_differentiable(correct, samples)
+        return losses.sum(), correct, samples
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_loss, _grad_correct):
+    def backward(ctx, grad_loss, _grad_correct, _grad_samples):
         dlogits_t, h, w = ctx.saved_tensors
         need = ctx.needs_input_grad
         dh = (dlogits_t.t() @ w)[: ctx.n].to(ctx.dtypes[0]).mul_(grad_loss) if need[0] else None
         dw = (dlogits_t @ h).to(ctx.dtypes[1]).mul_(grad_loss) if need[1] else None
         db = ctx.column * grad_loss if need[2] else None
-        return dh, dw, db, None, None
+        return dh, dw, db, None, None, None
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -203,12 +208,13 @@ def _fused(hidden, weight, bias, targets, temperature):
         with torch.no_grad():
             return loss, accuracy, sample_categorical(torch.softmax(logits.detach().float() / temperature, -1))
     dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else weight.dtype
-    if dtype == torch.bfloat16 and temperature is None:
+    if dtype == torch.bfloat16 and temperature in (None, 1.0):  # the kernel samples at temperature 1 only
         lib = native.library()
         # out-of-range targets: the PyTorch path raises IndexError for them; C would read out of bounds
         if lib is not None and 0 <= int(targets.min()) and int(targets.max()) < weight.shape[0]:
-            loss, correct = _LinearCrossEntropyColumns.apply(hidden, weight, bias, targets, lib)
-            return loss / n, correct / n, None
+            loss, correct, samples = _LinearCrossEntropyColumns.apply(hidden, weight, bias, targets, lib,
+                                                                      temperature is not None)
+            return loss / n, correct / n, samples if temperature is not None else None
     loss, correct, samples = _LinearCrossEntropy.apply(hidden, weight, bias, targets, dtype, temperature)
     return loss / n, correct / n, samples
 
