@@ -170,3 +170,49 @@ def test_bf16_sampling_path_matches_the_pytorch_path(monkeypatch):
     torch.testing.assert_close(ours[0], theirs[0], rtol=1e-3, atol=1e-3)
     # the same uniform numbers and nearly the same probabilities (the two GEMM layouts round differently)
     assert (ours[1] == theirs[1]).float().mean() > 0.99
+
+
+def test_int32_targets_take_the_kernel_path_like_int64():
+    if native.library() is None:
+        pytest.skip(native.status())
+    hidden, weight, bias, targets = inputs()
+    ours = bf16_loss_and_grads(hidden, weight, bias, targets.int())
+    theirs = bf16_loss_and_grads(hidden, weight, bias, targets)
+    for a, b in zip(ours, theirs):
+        assert torch.equal(torch.as_tensor(a), torch.as_tensor(b))
+
+
+def test_under_torch_compile_the_kernel_path_runs_uncompiled(monkeypatch):
+    """Dynamo must not compile pieces of the kernel path between its ctypes calls: inductor's code for them
+    failed once N changed (NameError on a size symbol, ELECTRA with compile=true). Checked on the graphs
+    dynamo hands its backend, with N changing between calls, and against the uncompiled results."""
+    if native.library() is None:
+        pytest.skip(native.status())
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    calls = []
+    real = base._LinearCrossEntropyColumns.apply
+    monkeypatch.setattr(base._LinearCrossEntropyColumns, "apply", lambda *a: calls.append(1) or real(*a))
+    hidden, weight, bias, targets = inputs(n=90)
+
+    def step(h, t):
+        with torch.autocast("cpu", torch.bfloat16):
+            loss, _, draws = base.linear_cross_entropy_and_sample(h, weight, bias, t, 1.0)
+        return loss, draws
+
+    compiled = torch.compile(step, backend=backend)
+    for n in (70, 90, 64):
+        torch.manual_seed(n)
+        loss, draws = compiled(hidden[:n], targets[:n])
+        torch.manual_seed(n)
+        want, want_draws = step(hidden[:n], targets[:n])
+        assert torch.equal(loss, want) and torch.equal(draws, want_draws)
+    torch._dynamo.reset()
+    assert len(calls) == 6
+    traced = [node.meta.get("stack_trace") or "" for gm in graphs for node in gm.graph.nodes]
+    assert not [t for t in traced if "native" in t or "_LinearCrossEntropyColumns" in t]
+

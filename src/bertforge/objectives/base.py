@@ -151,7 +151,7 @@ class _LinearCrossEntropyColumns(torch.autograd.Function):
             b = None if bias is None else bias.detach().float().contiguous()
             # one uniform number per row, drawn as sample_categorical draws them (same generator, same count)
             uniform = torch.rand(n, device=hidden.device) if sample else None
-            out = native.vocab_loss(logits_t, n, b, targets.contiguous(), lib, uniform=uniform)
+            out = native.vocab_loss(logits_t, n, b, targets.long().contiguous(), lib, uniform=uniform)
             losses, top, target_logit, column = out[:4]
             samples = out[4] if sample else torch.empty(0, dtype=torch.long)
             correct = (target_logit >= top).sum()  # a tie counts as correct, as in classification_loss
@@ -209,14 +209,25 @@ def _fused(hidden, weight, bias, targets, temperature):
             return loss, accuracy, sample_categorical(torch.softmax(logits.detach().float() / temperature, -1))
     dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else weight.dtype
     if dtype == torch.bfloat16 and temperature in (None, 1.0):  # the kernel samples at temperature 1 only
-        lib = native.library()
-        # out-of-range targets: the PyTorch path raises IndexError for them; C would read out of bounds
-        if lib is not None and 0 <= int(targets.min()) and int(targets.max()) < weight.shape[0]:
-            loss, correct, samples = _LinearCrossEntropyColumns.apply(hidden, weight, bias, targets, lib,
-                                                                      temperature is not None)
+        out = _columns(hidden, weight, bias, targets, temperature is not None)
+        if out is not None:
+            loss, correct, samples = out
             return loss / n, correct / n, samples if temperature is not None else None
     loss, correct, samples = _LinearCrossEntropy.apply(hidden, weight, bias, targets, dtype, temperature)
     return loss / n, correct / n, samples
+
+
+# Run as is under torch.compile: dynamo cannot trace the ctypes calls, so it compiled the pieces between them,
+# and inductor's code for those failed at run time once N varied (as the number of masked tokens does):
+# "NameError: name 's26' is not defined" in an ELECTRA step with compile=true.
+@torch.compiler.disable
+def _columns(hidden, weight, bias, targets, sample):
+    """_LinearCrossEntropyColumns (sum of losses, correct count, samples), or None without the kernels."""
+    lib = native.library()
+    # out-of-range targets: the PyTorch path raises IndexError for them; C would read out of bounds
+    if lib is None or not (0 <= int(targets.min()) and int(targets.max()) < weight.shape[0]):
+        return None
+    return _LinearCrossEntropyColumns.apply(hidden, weight, bias, targets, lib, sample)
 
 
 def sample_categorical(probs: torch.Tensor) -> torch.Tensor:
