@@ -216,3 +216,96 @@ def test_under_torch_compile_the_kernel_path_runs_uncompiled(monkeypatch):
     traced = [node.meta.get("stack_trace") or "" for gm in graphs for node in gm.graph.nodes]
     assert not [t for t in traced if "native" in t or "_LinearCrossEntropyColumns" in t]
 
+
+def cc_script(tmp_path, body):
+    """A fake compiler: answers --version, records every other invocation in calls.txt, then runs ``body``."""
+    script = tmp_path / "fake-cc"
+    script.write_text(f'#!/bin/sh\n[ "$1" = --version ] && {{ echo fake 1.0; exit 0; }}\n'
+                      f'echo "$@" >> {tmp_path / "calls.txt"}\n{body}\n')
+    script.chmod(0o755)
+    return script
+
+
+def fresh_loader(monkeypatch, tmp_path):
+    monkeypatch.setattr(native, "_loaded", {})
+    monkeypatch.setattr(native, "_why_not", {})
+    monkeypatch.setenv("BERTFORGE_NATIVE_CACHE", str(tmp_path / "cache"))
+
+
+def test_a_hung_compiler_costs_one_timeout_not_two(monkeypatch, tmp_path):
+    fresh_loader(monkeypatch, tmp_path)
+    monkeypatch.setenv("CC", str(cc_script(tmp_path, "exec sleep 60")))
+    monkeypatch.setattr(native, "COMPILE_TIMEOUT", 1)
+    assert native.library() is None and "timed out" in native.status()
+    assert len((tmp_path / "calls.txt").read_text().splitlines()) == 1  # no second try with other flags
+    assert not list((tmp_path / "cache").iterdir())
+
+
+def test_a_compiler_refusing_march_native_is_retried_portable(monkeypatch, tmp_path):
+    real = native._compiler()
+    if real is None:
+        pytest.skip("no C compiler")
+    fresh_loader(monkeypatch, tmp_path)
+    script = cc_script(tmp_path, f'case "$*" in *-march=native*) exit 1;; esac\nexec {real[0]} "$@"')
+    monkeypatch.setenv("CC", str(script))
+    lib = native.library()
+    assert lib is not None and lib.bertforge_vocab_loss_flavour() == 0  # the portable build
+    assert len((tmp_path / "calls.txt").read_text().splitlines()) == 2
+
+
+def test_cc_with_arguments_is_split_as_a_shell_would(monkeypatch, tmp_path):
+    real = native._compiler()
+    if real is None:
+        pytest.skip("no C compiler")
+    fresh_loader(monkeypatch, tmp_path)
+    monkeypatch.setenv("CC", f"{real[0]} -Wall")  # as in CC="ccache gcc" or CC="gcc -m64"
+    assert native.library(native.PORTABLE_FLAGS) is not None, native._why_not
+
+
+@pytest.mark.parametrize("damage", ["empty", "garbage", "cut short"])
+def test_a_damaged_library_in_the_cache_is_rebuilt(monkeypatch, tmp_path, damage):
+    """A library cut short under the final name (a crash before its data reached the disk, a partly copied
+    cache) is mapped by dlopen without complaint and killed the process with SIGBUS on every run: loaded in
+    a child process, which must build it again and work."""
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("BERTFORGE_NATIVE_CACHE", str(tmp_path))
+    try:
+        native.build(native.PORTABLE_FLAGS)
+    except RuntimeError as e:
+        pytest.skip(str(e))
+    (built,) = tmp_path.iterdir()
+    whole = built.read_bytes()
+    built.write_bytes({"empty": b"", "garbage": b"not a library\n", "cut short": whole[: len(whole) // 2]}[damage])
+    code = "from bertforge import native; print(native.build(native.PORTABLE_FLAGS).bertforge_vocab_loss_flavour())"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert done.returncode == 0 and done.stdout.strip() == "0", done.stderr[-500:]
+    assert built.read_bytes() == whole and [p.name for p in tmp_path.iterdir()] == [built.name]
+
+
+def test_threads_work_in_a_forked_child(lib):
+    """The worker pool's threads do not survive a fork: the child must start its own, not wait forever on
+    work queued to threads that do not exist in it."""
+    import signal
+    import time
+
+    lt, bias, targets = logits_t(4096, v=50)
+    want = native.vocab_loss(lt.clone(), 4096, bias, targets, lib, threads=2)[0]  # the parent's pool now exists
+    pid = os.fork()
+    if pid == 0:  # child: torch itself is safe after a fork on one thread (OpenMP's pool does not survive either)
+        code = 1
+        try:
+            torch.set_num_threads(1)
+            code = 0 if torch.equal(native.vocab_loss(lt.clone(), 4096, bias, targets, lib, threads=2)[0], want) else 2
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 30
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done[0] == 0:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the kernel hung in a forked child")
+    assert os.waitstatus_to_exitcode(done[1]) == 0

@@ -17,7 +17,9 @@ import ctypes
 import hashlib
 import os
 import platform
+import shlex
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -53,44 +55,95 @@ def _cpu_signature() -> str:
         return f"{platform.machine()} {platform.processor()}"
 
 
-def _compiler() -> str | None:
-    cc = os.environ.get("CC")
+def _compiler() -> list[str] | None:
+    """The compiler command: $CC split as a shell would (``ccache gcc``, ``gcc -m64``), else cc, gcc or clang."""
+    cc = shlex.split(os.environ.get("CC", ""))
     if cc:
-        return shutil.which(cc) or cc
-    return next((p for p in map(shutil.which, ("cc", "gcc", "clang")) if p), None)
+        return [shutil.which(cc[0]) or cc[0], *cc[1:]]
+    found = next((p for p in map(shutil.which, ("cc", "gcc", "clang")) if p), None)
+    return [found] if found else None
+
+
+class _FlagsRefused(RuntimeError):
+    """The compiler ran and failed: perhaps it lacks one of the flags (-march=native), so other flags may do."""
+
+
+COMPILE_TIMEOUT = 120  # seconds; the build takes under one, and a hung compiler must not stall training long
+
+
+def _whole(path: Path) -> bool:
+    """Whether an ELF library is as long as its headers say (anything else: True, dlopen judges it). A library
+    cut short (a crash before its data reached the disk, a full disk while a cache was copied) passes dlopen,
+    which maps it without reading it, and then kills the process with SIGBUS, on every run."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+        size = os.fstat(f.fileno()).st_size
+        if head[:4] != b"\x7fELF" or len(head) < 64:
+            return head[:4] != b"\x7fELF"
+        if head[4] != 2:  # 32-bit ELF: not checked
+            return True
+        end = "<" if head[5] == 1 else ">"
+        phoff, shoff = struct.unpack_from(end + "QQ", head, 0x20)
+        phentsize, phnum, shentsize, shnum = struct.unpack_from(end + "HHHH", head, 0x36)
+        if shoff + shentsize * shnum > size or phoff + phentsize * phnum > size:
+            return False
+        f.seek(phoff)
+        table = f.read(phentsize * phnum)
+    # each program header: p_offset and p_filesz, the bytes of the file a segment maps
+    return all(sum(struct.unpack_from(end + "Q16xQ", table, k * phentsize + 8)) <= size for k in range(phnum))
+
+
+def _compile(cc: list[str], flags: tuple[str, ...], target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # a temporary name in the same directory, then rename: a concurrent or interrupted build never leaves
+    # a half-written library under the name the next process loads
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        try:
+            done = subprocess.run([*cc, *flags, str(_SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True,
+                                  timeout=COMPILE_TIMEOUT)
+        except (OSError, subprocess.SubprocessError) as e:
+            raise RuntimeError(f"compiling {_SOURCE.name} with {shlex.join(cc)} failed: {e}") from None
+        if done.returncode:
+            last = (done.stderr.strip().splitlines() or ["(no message)"])[-1]
+            raise _FlagsRefused(f"{shlex.join(cc)} {' '.join(flags)} failed: {last}")
+        with open(tmp, "rb") as f:  # on disk before it has the final name: a crash cannot leave it cut short
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def build(flags: tuple[str, ...] = FLAGS) -> ctypes.CDLL:
-    """Compile (or find in the cache) and load the kernels with ``flags``. Raises RuntimeError on failure."""
+    """Compile (or find in the cache) and load the kernels with ``flags``. Raises RuntimeError on failure
+    (_FlagsRefused when the compiler ran and rejected the build)."""
     cc = _compiler()
     if cc is None:
         raise RuntimeError("no C compiler (cc, gcc or clang; or set CC)")
     try:
-        version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+        version = subprocess.run([*cc, "--version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError) as e:
-        raise RuntimeError(f"cannot run the C compiler {cc}: {e}") from None
-    key = hashlib.sha256("\0".join([_SOURCE.read_text(), cc, version, " ".join(flags), _cpu_signature(),
-                                    sys.platform]).encode()).hexdigest()[:16]
+        raise RuntimeError(f"cannot run the C compiler {shlex.join(cc)}: {e}") from None
+    key = hashlib.sha256("\0".join([_SOURCE.read_text(), shlex.join(cc), version, " ".join(flags),
+                                    _cpu_signature(), sys.platform]).encode()).hexdigest()[:16]
     target = cache_dir() / f"vocab_loss-{key}.so"
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # a temporary name in the same directory, then rename: a concurrent or interrupted build never leaves
-        # a half-written library under the name the next process loads
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".so", dir=target.parent)
-        os.close(fd)
+    for attempt in range(2):
+        built = not target.exists()
+        if built:
+            _compile(cc, flags, target)
         try:
-            done = subprocess.run([cc, *flags, str(_SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True,
-                                  timeout=300)
-            if done.returncode:
-                last = (done.stderr.strip().splitlines() or ["(no message)"])[-1]
-                raise RuntimeError(f"{cc} {' '.join(flags)} failed: {last}")
-            os.replace(tmp, target)
-        except (OSError, subprocess.SubprocessError) as e:
-            raise RuntimeError(f"compiling {_SOURCE.name} with {cc} failed: {e}") from None
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    lib = ctypes.CDLL(str(target))
+            if _whole(target):
+                lib = ctypes.CDLL(str(target))
+                break
+            problem = "file cut short"
+        except OSError as e:
+            problem = str(e)
+        if built or attempt:
+            raise RuntimeError(f"cannot load {target}: {problem}")
+        # a damaged library in the cache (see _whole): build it again rather than fall back on every run
+        target.unlink(missing_ok=True)
     p, i = ctypes.c_void_p, ctypes.c_int64
     lib.bertforge_vocab_loss.argtypes = [p, i, i, i, i, i, p, p, p, p, p, p, p, p]
     lib.bertforge_vocab_loss.restype = ctypes.c_int
@@ -111,15 +164,29 @@ def library(flags: tuple[str, ...] = FLAGS) -> ctypes.CDLL | None:
             else:
                 try:
                     lib = build(flags)
-                except (RuntimeError, OSError) as e:
+                except _FlagsRefused as e:
                     _why_not[flags] = str(e)
                     if flags == FLAGS:
                         try:
                             lib = build(PORTABLE_FLAGS)
                         except (RuntimeError, OSError):
                             pass
+                # not retried: a compiler that cannot run or hangs would only cost the wait again
+                except (RuntimeError, OSError) as e:
+                    _why_not[flags] = str(e)
             _loaded[flags] = lib
         return _loaded[flags]
+
+
+def _forget_the_pool_in_a_forked_child() -> None:
+    global _pool, _lock
+    # the pool's threads do not exist in a child process: work submitted to it would wait forever; and a
+    # lock another thread held at the fork would never be released
+    _pool, _lock = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_the_pool_in_a_forked_child)
 
 
 def status() -> str:
