@@ -5,7 +5,8 @@ vocabulary for logits laid out one column per token (see objectives.base). The s
 package; the first process that needs it compiles it (under a second) with ``-O3 -march=native`` into a
 per-user cache, keyed by the source, the compiler and the CPU, so a cache shared between machines never
 hands one CPU another's instructions. Without a working compiler, on Windows, or with BERTFORGE_NATIVE=0,
-``vocab_loss()`` is None and callers use their PyTorch path; ``status()`` says which and why.
+``library()`` is None (and ``vocab_loss()`` returns None), so callers use their PyTorch path; ``status()``
+says which and why.
 
 No Python C-API and no torch headers: plain C functions on raw pointers, so the build needs nothing but
 ``cc``, and ctypes releases the GIL during each call, which lets Python threads run one call per core.
@@ -244,6 +245,8 @@ def vocab_loss(logits_t: torch.Tensor, n: int, bias: torch.Tensor | None, target
     else:
         with _lock:
             if _pool is None or _pool._max_workers < parts - 1:
+                if _pool is not None:  # too few threads: its idle ones end, work already queued still runs
+                    _pool.shutdown(wait=False)
                 _pool = ThreadPoolExecutor(max_workers=parts - 1, thread_name_prefix="bertforge-native")
             pool = _pool
         futures = [pool.submit(run, k) for k in range(1, parts)]
