@@ -183,7 +183,9 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch
     (autocast's, else the weight's); then each chunk of rows gets the bias, softmax and its gradient while
     it is in cache, written over its logits (softmax - one-hot, in the compute dtype); backward is two
     GEMMs. PyTorch has no fused linear + cross-entropy for CPU (Liger's and Apple's cut-cross-entropy are
-    Triton, GPU only), hence this. Off the CPU, and with nothing to predict, it is the plain composition.
+    Triton, GPU only), hence this. In bf16 with bertforge.native's kernels built, the logits are laid out
+    the other way and the softmax pass runs in C (_LinearCrossEntropyColumns). Off the CPU, and with
+    nothing to predict, it is the plain composition.
     Accuracy compares float32 logits (bias added in float32, not bf16 as inside autocast's addmm), so a
     tie can resolve differently than in classification_loss.
     """
