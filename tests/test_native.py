@@ -277,7 +277,11 @@ def test_a_damaged_library_in_the_cache_is_rebuilt(monkeypatch, tmp_path, damage
         pytest.skip(str(e))
     (built,) = tmp_path.iterdir()
     whole = built.read_bytes()
-    built.write_bytes({"empty": b"", "garbage": b"not a library\n", "cut short": whole[: len(whole) // 2]}[damage])
+    # a new file under the name, not the old one rewritten: this process has the old one mapped (build loaded
+    # it), and truncating a mapped library is what kills a process with SIGBUS (here pytest's, at exit)
+    damaged = tmp_path / "damaged"
+    damaged.write_bytes({"empty": b"", "garbage": b"not a library\n", "cut short": whole[: len(whole) // 2]}[damage])
+    os.replace(damaged, built)
     code = "from bertforge import native; print(native.build(native.PORTABLE_FLAGS).bertforge_vocab_loss_flavour())"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
