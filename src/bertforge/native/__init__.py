@@ -23,12 +23,13 @@ import shutil
 import struct
 import subprocess
 import sys
-import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
+
+from ..files import atomic_path
 
 _SOURCE = Path(__file__).with_name("vocab_loss.c")
 FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-shared", "-fPIC")
@@ -96,14 +97,12 @@ def _whole(path: Path) -> bool:
 
 def _compile(cc: list[str], flags: tuple[str, ...], target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
-    # a temporary name in the same directory, then rename: a concurrent or interrupted build never leaves
-    # a half-written library under the name the next process loads
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".so", dir=target.parent)
-    os.close(fd)
-    try:
+    # built under a temporary name beside the target, then renamed: a concurrent or interrupted build never
+    # leaves a half-written library under the name the next process loads
+    with atomic_path(target) as tmp:
         try:
-            done = subprocess.run([*cc, *flags, str(_SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True,
-                                  timeout=COMPILE_TIMEOUT)
+            done = subprocess.run([*cc, *flags, str(_SOURCE), "-o", str(tmp), "-lm"], capture_output=True,
+                                  text=True, timeout=COMPILE_TIMEOUT)
         except (OSError, subprocess.SubprocessError) as e:
             raise RuntimeError(f"compiling {_SOURCE.name} with {shlex.join(cc)} failed: {e}") from None
         if done.returncode:
@@ -111,10 +110,6 @@ def _compile(cc: list[str], flags: tuple[str, ...], target: Path) -> None:
             raise _FlagsRefused(f"{shlex.join(cc)} {' '.join(flags)} failed: {last}")
         with open(tmp, "rb") as f:  # on disk before it has the final name: a crash cannot leave it cut short
             os.fsync(f.fileno())
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def build(flags: tuple[str, ...] = FLAGS) -> ctypes.CDLL:

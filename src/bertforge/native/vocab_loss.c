@@ -204,7 +204,7 @@ int bertforge_vocab_loss(uint16_t *L, int64_t V, int64_t ld, int64_t c0, int64_t
     int32_t *draw = (int32_t *)(cum + w);
     if (uniform) start_draws(V, c0, w, n, uniform, u, cum, draw);
     for (int64_t j = 0; j < w; j++) {
-        m[j] = -INFINITY;
+        m[j] = -1e30f; /* as in the AVX-512 flavour: exp_nonpositive(-1e30 - x) * 0 is 0, no special case */
         s[j] = 0.0f;
     }
     for (int64_t v0 = 0; v0 < V; v0 += CHUNK_ROWS) {
@@ -219,7 +219,7 @@ int bertforge_vocab_loss(uint16_t *L, int64_t V, int64_t ld, int64_t c0, int64_t
             }
         }
         for (int64_t j = 0; j < w; j++) {
-            s[j] = m[j] == -INFINITY ? 0.0f : s[j] * exp_nonpositive(m[j] - mx[j]);
+            s[j] *= exp_nonpositive(m[j] - mx[j]);
             m[j] = mx[j];
         }
         for (int64_t v = v0; v < v1; v++) {
